@@ -1,0 +1,223 @@
+"""The training loop: env -> agent.act -> replay -> agent.update -> logger / checkpoint.
+
+The emulators step in their own threads between ``env.send`` and ``env.recv`` while the learner
+updates on what the replay already holds, so the policy that picked the actions lags the learner by
+at most the updates of one vector step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.dqn import DQNAgent, resolve_device
+from envs import make_env
+from rl import checkpoint as ckpt
+from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
+from rl.logging import Logger, Progress, RateMeter
+from rl.replay import ReplayBuffer, ReplaySpec
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or Q-value; the last good checkpoint is kept."""
+
+
+class StopRequested:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one exits at once
+    (every file write is atomic, so nothing is left half written)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def updates_due(step: int, cfg: TrainConfig) -> int:
+    """Gradient updates owed after ``step`` agent steps: one per train_frequency steps past learning_starts."""
+    return max(0, step - cfg.learning_starts) // cfg.train_frequency
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, preset: str | None = None, show_progress: bool | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.preset = preset
+        self.show_progress = show_progress
+        self.device = resolve_device(cfg.device)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        self.env = make_env(cfg)
+        self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
+        self.replay = ReplayBuffer(ReplaySpec(
+            capacity=cfg.buffer_size, num_envs=cfg.num_envs, obs_shape=self.env.obs_shape,
+            obs_dtype=self.env.obs_dtype, stack=cfg.frame_stack if len(self.env.obs_shape) == 3 else 1,
+            n_step=cfg.n_step, gamma=cfg.gamma, num_actions=self.env.num_actions), seed=cfg.seed)
+        self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
+        self.step = 0                 # agent steps taken, all envs together
+        self.episodes = 0             # full games finished
+        self.wall_time = 0.0          # seconds of training, summed over resumed sessions
+        self.obs = None
+        self.first = np.ones(cfg.num_envs, bool)
+
+    # --- run directory ----------------------------------------------------------------------
+    @staticmethod
+    def prepare_run_dir(run_dir: Path, cfg: TrainConfig, preset: str | None) -> None:
+        """Create a new run directory and write its config; refuse to touch an existing run."""
+        if (run_dir / "config.toml").exists():
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; continue it with "
+                              f"--resume {run_dir} or choose another --run-dir")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            header = f"# rl-train config (preset: {preset or 'none'}); rl-train --resume {run_dir} continues it\n"
+            ckpt.atomic_write(run_dir / "config.toml",
+                              lambda f: f.write((header + dumps_toml(dataclasses.asdict(cfg))).encode()))
+        except OSError as exc:
+            raise ConfigError(f"run directory {str(run_dir)!r} is not writable: {exc.strerror}") from None
+
+    def _write_status(self, status: str) -> None:
+        info = {"preset": self.preset, "env": self.cfg.env, "status": status, "step": self.step,
+                "total_steps": self.cfg.total_steps, "episodes": self.episodes,
+                "wall_time": round(self.wall_time, 1), "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        meta = {
+            "step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
+            "first": self.first.tolist(), "env": self.env.state_dict(),
+            "agent_rng": self.agent.rng.bit_generator.state,
+            "numpy_global_rng": None,
+        }
+        return {"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
+                "torch_rng": torch.get_rng_state(), "meta": ckpt.encode_meta(meta)}
+
+    def save(self, periodic: bool = False) -> Path:
+        path = self.checkpoints.save(self.payload(), self.step, periodic)
+        if self.cfg.save_replay:
+            state = self.replay.state_dict()
+            self.checkpoints.save_replay(state, self.step)
+        return path
+
+    def restore(self) -> None:
+        """Continue from ``latest.pt``: weights, optimizer, counters, RNGs, env state and replay."""
+        payload = ckpt.load(self.checkpoints.latest, map_location=self.device)
+        meta = ckpt.decode_meta(payload["meta"])
+        self.agent.load_state_dict(payload["agent"])
+        self.agent.rng.bit_generator.state = meta["agent_rng"]
+        torch.set_rng_state(payload["torch_rng"])
+        self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
+        self.first = np.array(meta["first"], bool)
+        self.obs = self.env.load_state_dict(meta["env"])
+        saved = self.checkpoints.load_replay(self.step)
+        if saved is not None:
+            self.replay.load_state_dict(saved)
+            self.resume_note = f"replay restored ({len(self.replay)} transitions)"
+        else:
+            # Without a saved replay, learning pauses until learning_starts fresh steps refill it.
+            self.refill_until = self.step + self.cfg.learning_starts
+            self.resume_note = (f"no replay saved with this checkpoint: refilling {self.cfg.learning_starts} "
+                                f"steps before updates resume")
+
+    # --- the loop -------------------------------------------------------------------------
+    def train(self) -> str:
+        """Run until total_steps or a stop request. Returns "finished" or "stopped"."""
+        cfg, env, agent, replay = self.cfg, self.env, self.agent, self.replay
+        if self.obs is None:
+            self.obs = env.reset()
+        refill_until = getattr(self, "refill_until", 0)
+        logger = Logger(self.run_dir, purge_step=self.step if self.step else None)
+        if self.step == 0:
+            logger.text("config", "```\n" + dumps_toml(dataclasses.asdict(cfg)) + "```")
+        progress = Progress(cfg.total_steps, initial=self.step, disable=self.show_progress is False or None)
+        rate = RateMeter(self.step)
+        next_log = (self.step // cfg.log_every + 1) * cfg.log_every
+        next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        metrics: dict[str, torch.Tensor] = {}
+        started = time.perf_counter()
+        status = "finished"
+        self._write_status("running")
+        with StopRequested() as stop:
+            while self.step < cfg.total_steps:
+                epsilon = agent.epsilon(self.step)
+                actions = agent.act(self.obs, epsilon)
+                env.send(actions)                                   # emulators run from here ...
+                lr = agent.set_step(self.step)
+                if self.step >= refill_until:
+                    while agent.updates < updates_due(self.step, cfg) and len(replay) >= cfg.batch_size:
+                        metrics = agent.update(replay.sample(cfg.batch_size))
+                    crossed = (self.step + cfg.num_envs) // cfg.target_update > self.step // cfg.target_update
+                    if cfg.tau >= 1.0 and agent.updates > 0 and crossed:
+                        agent.sync_target()                         # hard sync every target_update steps
+                out = env.recv()                                    # ... to here
+                reward = np.sign(out.reward) if cfg.reward_clip else out.reward
+                replay.add(self.obs, actions, reward, out.terminated, out.truncated, self.first, out.final_obs)
+                self.first = out.episode_end
+                self.obs = out.obs
+                self.step += cfg.num_envs
+                returns = [r for _, r, _ in out.finished]
+                for _, ret, length in out.finished:
+                    self.episodes += 1
+                    logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, self.step)
+                progress.update(cfg.num_envs, returns)
+
+                if self.step >= next_log:
+                    next_log += cfg.log_every
+                    values = {"charts/epsilon": epsilon, "charts/learning_rate": lr, "charts/SPS": rate(self.step),
+                              "charts/episodes": self.episodes, "charts/replay_size": len(replay)}
+                    if metrics:
+                        host = {k: v.item() for k, v in metrics.items() if v.dim() == 0}
+                        if not all(math.isfinite(v) for v in host.values()):
+                            bad = ", ".join(f"{k}={v}" for k, v in host.items())
+                            raise TrainingDiverged(f"non-finite training values at step {self.step} ({bad}); "
+                                                   f"the last good checkpoint is {self.checkpoints.latest}")
+                        values.update({f"losses/{k}": v for k, v in host.items()})
+                        values["charts/updates"] = agent.updates
+                    logger.scalars(values, self.step)
+                if self.step >= next_checkpoint:
+                    next_checkpoint += cfg.checkpoint_every
+                    self.wall_time += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self.save(periodic=True)
+                    self._write_status("running")
+                if stop.requested:
+                    status = "stopped"
+                    break
+        self.wall_time += time.perf_counter() - started
+        progress.close()
+        self.save(periodic=False)
+        self._write_status(status)
+        logger.flush()
+        logger.close()
+        return status
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.toml"
+    if not path.exists():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no config.toml there; pass a directory made by rl-train")
+    return from_dict(TrainConfig, load_toml(path))

@@ -1,0 +1,1 @@
+"""Building blocks for value-based RL: replay, networks, schedules, registry, checkpoints, logging."""

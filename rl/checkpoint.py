@@ -1,0 +1,155 @@
+"""Checkpoint files: atomic writes, bounded history, loading that cannot run code.
+
+A checkpoint is a dict of tensors and plain data (no pickled objects): state dicts, the config as a
+plain dict and a JSON string with counters and RNG states. It loads with ``torch.load(weights_only=True)``
+(torch >= 2.10, which fixes CVE-2025-32434 and CVE-2026-24747). The replay buffer is saved beside it
+as ``.npy`` files, which ``numpy.load(allow_pickle=False)`` reads without code paths either.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or unsafe; the message names the file."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A crash at any point leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(Path(path), lambda f: torch.save({"format_version": FORMAT_VERSION, **payload}, f))
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely, or raise CheckpointError naming the file and the problem."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; pass a .pt file such as "
+                              f"{str(path / 'checkpoints' / 'latest.pt')!r}")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} holds objects that are not plain data and was refused "
+                              f"({first[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a checkpoint of this package "
+                              f"(format_version {payload.get('format_version') if isinstance(payload, dict) else None!r}, "
+                              f"expected {FORMAT_VERSION})")
+    return payload
+
+
+def encode_meta(meta: dict[str, Any]) -> str:
+    return json.dumps(meta)
+
+
+def decode_meta(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+# --- run directory layout -------------------------------------------------------------------
+
+class CheckpointDir:
+    """``latest.pt`` plus the last ``keep`` periodic ``step_<N>.pt`` files, and ``replay/`` beside them."""
+
+    def __init__(self, root: Path, keep: int):
+        self.root = Path(root)
+        self.keep = keep
+
+    @property
+    def latest(self) -> Path:
+        return self.root / "latest.pt"
+
+    def periodic(self) -> list[Path]:
+        found = [p for p in self.root.glob("step_*.pt") if re.fullmatch(r"step_\d+\.pt", p.name)]
+        return sorted(found, key=lambda p: int(p.stem.split("_")[1]))
+
+    def save(self, payload: dict[str, Any], step: int, periodic: bool) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        save(self.latest, payload)
+        if periodic and self.keep > 0:
+            target = self.root / f"step_{step:012d}.pt"
+            save(target, payload)
+            for old in self.periodic()[:-self.keep]:
+                old.unlink(missing_ok=True)
+        return self.latest
+
+    # replay ---------------------------------------------------------------------------------
+    @property
+    def replay_dir(self) -> Path:
+        return self.root / "replay"
+
+    def save_replay(self, arrays: dict[str, np.ndarray], step: int) -> None:
+        """Write every array to a fresh folder, then swap it in: the old copy survives a crash."""
+        tmp = self.root / f".replay.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, array in {**arrays, "saved_at_step": np.int64(step)}.items():
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, np.asarray(array), allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+        old = self.root / f".replay.old-{os.getpid()}"
+        if self.replay_dir.exists():
+            os.replace(self.replay_dir, old)
+        os.replace(tmp, self.replay_dir)
+        _fsync_dir(self.root)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_replay(self, step: int) -> dict[str, np.ndarray] | None:
+        """The saved replay if it was written at ``step``, else None (stale or absent)."""
+        folder = self.replay_dir
+        if not (folder / "saved_at_step.npy").exists():
+            return None
+        try:
+            if int(np.load(folder / "saved_at_step.npy", allow_pickle=False)) != step:
+                return None
+            return {p.stem: np.load(p, allow_pickle=False, mmap_mode="r") for p in folder.glob("*.npy")
+                    if p.stem != "saved_at_step"}
+        except (ValueError, OSError) as exc:
+            raise CheckpointError(f"replay in {str(folder)!r} is truncated or corrupt ({exc})") from None

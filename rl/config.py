@@ -1,0 +1,302 @@
+"""Typed configs: each setting declared once, with its help, unit and allowed range.
+
+The CLI flags, the saved ``config.toml`` and the presets all come from the dataclass fields here.
+Validation happens at the boundary (:func:`validate`), before any work starts, and raises
+:class:`ConfigError` with one line naming the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line naming the value and what is allowed."""
+
+
+def setting(default, help: str, *, low=None, high=None, low_open=False, choices=None, factory=None):
+    """A config field: ``help`` becomes ``--help`` text; ``low``/``high`` bound numbers (inclusive
+    unless ``low_open``); ``choices`` is a tuple or a callable returning one."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _env_choices() -> tuple[str, ...]:
+    from envs import env_names
+    return env_names()
+
+
+def _optimizer_choices() -> tuple[str, ...]:
+    from rl.registry import _OPTIMIZER_INDEX
+    return tuple(_OPTIMIZER_INDEX)
+
+
+def _loss_choices() -> tuple[str, ...]:
+    from rl.registry import _LOSS_INDEX
+    return tuple(_LOSS_INDEX)
+
+
+@dataclass
+class TrainConfig:
+    """DQN training settings. Defaults are the Nature-DQN/CleanRL Breakout setting.
+
+    Units: *agent steps* count one action in one env (Atari: 4 emulator frames); a vector step
+    of N envs is N agent steps. *Updates* count gradient steps.
+    """
+
+    # environment
+    env: str = setting("breakout", "environment: an ALE game (snake_case) or a control task",
+                       choices=_env_choices)
+    num_envs: int = setting(8, "parallel environments", low=1, high=1024)
+    env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024)
+    sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
+                                        low=0.0, high=1.0)
+    noop_max: int = setting(30, "at most this many no-op actions at the start of each game", low=0, high=1000)
+    frame_skip: int = setting(4, "emulator frames per agent step (max-pooled over the last two)", low=1, high=64)
+    frame_stack: int = setting(4, "frames stacked into one observation", low=1, high=16)
+    max_episode_frames: int = setting(108_000, "emulator frames before a game is truncated (30 min at 60 Hz)", low=1)
+    life_loss_terminal: bool = setting(True, "treat a lost life as terminal for the TD target (training only)")
+    reward_clip: bool = setting(True, "learn from sign(reward); episode statistics stay raw game scores")
+    # schedule, in agent steps
+    total_steps: int = setting(10_000_000, "agent steps to train (all envs together)", low=1)
+    learning_starts: int = setting(80_000, "agent steps of experience before the first update", low=0)
+    train_frequency: int = setting(4, "agent steps per gradient update", low=1)
+    target_update: int = setting(1_000, "agent steps between hard target syncs (ignored when tau < 1)", low=1)
+    tau: float = setting(1.0, "target sync rate: 1 = hard copy every target_update steps, <1 = Polyak every update",
+                         low=0.0, high=1.0, low_open=True)
+    epsilon_start: float = setting(1.0, "exploration rate at step 0", low=0.0, high=1.0)
+    epsilon_end: float = setting(0.01, "exploration rate after the decay", low=0.0, high=1.0)
+    exploration_fraction: float = setting(0.1, "fraction of total_steps over which epsilon decays linearly",
+                                          low=0.0, high=1.0)
+    # learner
+    buffer_size: int = setting(1_000_000, "replay capacity in transitions", low=1)
+    batch_size: int = setting(32, "transitions per update", low=1)
+    gamma: float = setting(0.99, "discount factor", low=0.0, high=1.0)
+    n_step: int = setting(1, "steps of reward summed into each TD target", low=1, high=100)
+    double: bool = setting(False, "Double DQN: the online net picks a', the target net values it")
+    network: str = setting("nature_cnn", "Q-network body", choices=("nature_cnn", "mlp"))
+    hidden_sizes: list = setting(None, "MLP hidden layer widths", factory=lambda: [120, 84])
+    optimizer: str = setting("adam", "optimizer name from rl.registry", choices=_optimizer_choices)
+    optimizer_kwargs: dict = setting(None, "extra optimizer options, e.g. {eps = 1.5e-4}", factory=dict)
+    learning_rate: float = setting(1e-4, "optimizer step size", low=0.0, low_open=True)
+    lr_end_fraction: float = setting(1.0, "final learning rate as a fraction of learning_rate (linear decay; 1 = constant)",
+                                     low=0.0, high=1.0)
+    loss: str = setting("mse", "TD loss name from rl.registry", choices=_loss_choices)
+    max_grad_norm: float = setting(10.0, "clip the gradient's global norm to this (0 = off)", low=0.0)
+    # run
+    seed: int = setting(1, "seed for torch, numpy and the environments", low=0, high=2**31 - 1)
+    device: str = setting("auto", "where the networks live", choices=("auto", "cpu", "cuda"))
+    torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024)
+    log_every: int = setting(1_000, "agent steps between TensorBoard scalar writes", low=1)
+    checkpoint_every: int = setting(250_000, "agent steps between periodic checkpoints", low=1)
+    keep_checkpoints: int = setting(3, "periodic checkpoints kept besides latest.pt", low=0)
+    save_replay: bool = setting(True, "save the replay buffer with each checkpoint for an exact resume")
+
+
+def field_specs(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(cls)}
+
+
+def _choices(f: dataclasses.Field) -> tuple | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _type_of(cls, f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(cls)[f.name]
+    return typing.get_origin(hint) or hint
+
+
+def _check_value(cls, f: dataclasses.Field, value: Any) -> Any:
+    """Coerce ``value`` to the field's type and check its bounds; raise ConfigError otherwise."""
+    kind = _type_of(cls, f)
+    name = f.name
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use true or false")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"{name} = {value!r} is not allowed: use a whole number")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a finite number")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a string")
+    elif kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                  for v in value):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a list of positive whole numbers")
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a table such as {{eps = 1e-5}}")
+    low, high, low_open = f.metadata.get("low"), f.metadata.get("high"), f.metadata.get("low_open")
+    if low is not None and (value < low or (low_open and value == low)):
+        bound = f"> {low}" if low_open else f">= {low}"
+        rng = f"{bound}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"{name} = {value!r} is not allowed: must be {rng}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} = {value!r} is not allowed: must be <= {high}")
+    choices = _choices(f)
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"{name} = {value!r} is not allowed{hint}; choose one of: {shown}")
+    return value
+
+
+def from_dict(cls, data: Mapping[str, Any], base=None):
+    """Build ``cls`` from plain data over ``base`` (or defaults), checking every key and value."""
+    specs = field_specs(cls)
+    values = dataclasses.asdict(base) if base is not None else {}
+    for key, value in data.items():
+        if key not in specs:
+            close = difflib.get_close_matches(key, list(specs), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the valid keys"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        values[key] = _check_value(cls, specs[key], value)
+    return cls(**values)
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    """Cross-field rules for TrainConfig; field-level rules are checked by :func:`from_dict`."""
+    from rl.registry import RegistryError, make_loss, optimizer_kwargs
+
+    cfg = from_dict(TrainConfig, dataclasses.asdict(cfg))
+    if cfg.batch_size > cfg.buffer_size:
+        raise ConfigError(f"batch_size = {cfg.batch_size} is not allowed: must be <= buffer_size ({cfg.buffer_size})")
+    if cfg.learning_starts >= cfg.total_steps:
+        raise ConfigError(f"learning_starts = {cfg.learning_starts} is not allowed: "
+                          f"must be < total_steps ({cfg.total_steps})")
+    if cfg.buffer_size < cfg.num_envs * (cfg.frame_stack + cfg.n_step + 1):
+        raise ConfigError(f"buffer_size = {cfg.buffer_size} is not allowed: must hold at least "
+                          f"num_envs * (frame_stack + n_step + 1) = {cfg.num_envs * (cfg.frame_stack + cfg.n_step + 1)}")
+    if cfg.epsilon_end > cfg.epsilon_start:
+        raise ConfigError(f"epsilon_end = {cfg.epsilon_end} is not allowed: must be <= epsilon_start ({cfg.epsilon_start})")
+    from envs import is_atari
+    if is_atari(cfg.env) != (cfg.network == "nature_cnn"):
+        allowed = "nature_cnn" if is_atari(cfg.env) else "mlp"
+        raise ConfigError(f"network = {cfg.network!r} is not allowed for env {cfg.env!r}: use {allowed}")
+    try:
+        optimizer_kwargs(cfg.optimizer, {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
+        make_loss(cfg.loss)
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg
+
+
+# --- presets and TOML -------------------------------------------------------------------------
+
+def preset_names() -> list[str]:
+    root = resources.files("presets")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    names = preset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; choose one of: {', '.join(names)}")
+    return tomllib.loads(resources.files("presets").joinpath(f"{name}.toml").read_text())
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps_toml(data: Mapping[str, Any]) -> str:
+    """Flat TOML (scalars, lists, inline tables): enough for every config here."""
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in data.items())
+
+
+# --- command line -----------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad input in one line and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_cli_value(text: str) -> Any:
+    """A CLI value parsed as a TOML value, so tables and lists use the same syntax as config files."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--kebab-case`` flag per field; values stay unset (None) unless given."""
+    group = parser.add_argument_group("config overrides (any config.toml key)")
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        kind = typing.get_origin(hints[f.name]) or hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if kind is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        else:
+            metavar = {int: "INT", float: "FLOAT", str: "STR", list: "LIST", dict: "TABLE"}[kind]
+            conv = str if kind is str else _parse_cli_value
+            group.add_argument(_flag(f.name), dest=f.name, type=conv, default=None, metavar=metavar,
+                               help=help_text)
+
+
+def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main`` and map errors to exit codes: ConfigError -> 2 with one line, others -> 1."""
+    prog = Path(sys.argv[0]).name
+    try:
+        return main(argv)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,205 @@
+"""Experience replay with frames stored once.
+
+Layout: ``num_envs`` streams advance in lockstep, one slot per agent step, so slot ``t`` of env
+``e`` holds the newest frame of the observation the agent acted on at that step, the action, the
+reward it earned and whether that step terminated/truncated. A stacked observation is rebuilt at
+sample time from the ``stack`` newest slots of its stream; frames from before the start of the
+episode are zeros, exactly as ale-py's frame stack pads a fresh game. A 1M-transition Breakout
+replay is ``84*84 + 1 + 4 + 1 = 7,062`` bytes per transition, about 7.06 GB.
+
+The vector envs run in ``SAME_STEP`` autoreset mode: the observation after an episode's last step
+is already the first of the next episode, so no autoreset step ever reaches the buffer. A
+truncated episode's final frame is kept aside (it is needed to bootstrap the time-limit cut);
+a terminated one needs none, because its target does not bootstrap.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+TERMINATED, TRUNCATED, FIRST = 1, 2, 4  # flag bits per slot
+
+
+class Batch(NamedTuple):
+    """A sampled mini-batch; ``discount`` is gamma^m for an m-step bootstrap, 0 after termination."""
+
+    obs: np.ndarray        # [B, *obs_shape]
+    action: np.ndarray     # int64[B]
+    reward: np.ndarray     # float32[B], n-step discounted return
+    discount: np.ndarray   # float32[B]
+    next_obs: np.ndarray   # [B, *obs_shape]
+    index: np.ndarray      # int64[B], flat slot ids (t * num_envs + env)
+    weight: np.ndarray     # float32[B], importance weights (all 1 for uniform sampling)
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    capacity: int                 # transitions, all streams together
+    num_envs: int
+    obs_shape: tuple[int, ...]    # one env's observation, e.g. (4, 84, 84) or (4,)
+    obs_dtype: np.dtype
+    stack: int = 1                # >1: obs_shape[0] frames are stacked and stored once each
+    n_step: int = 1
+    gamma: float = 0.99
+    num_actions: int = 256
+
+
+class ReplayBuffer:
+    """Uniform replay over ``num_envs`` lockstep streams; see the module docstring."""
+
+    def __init__(self, spec: ReplaySpec, seed: int = 0):
+        self.spec = spec
+        self.stack = spec.stack
+        self.n = spec.n_step
+        self.gamma = spec.gamma
+        self.num_envs = spec.num_envs
+        self.slots = spec.capacity // spec.num_envs  # per stream
+        self.frame_shape = tuple(spec.obs_shape[1:]) if spec.stack > 1 else tuple(spec.obs_shape)
+        if spec.stack > 1 and spec.obs_shape[0] != spec.stack:
+            raise ValueError(f"obs_shape {spec.obs_shape} does not start with the stack size {spec.stack}")
+        action_dtype = np.uint8 if spec.num_actions <= 256 else np.int32
+        # np.zeros maps untouched pages lazily: memory grows as the buffer fills.
+        self.frames = np.zeros((self.slots, self.num_envs, *self.frame_shape), dtype=spec.obs_dtype)
+        self.actions = np.zeros((self.slots, self.num_envs), dtype=action_dtype)
+        self.rewards = np.zeros((self.slots, self.num_envs), dtype=np.float32)
+        self.flags = np.zeros((self.slots, self.num_envs), dtype=np.uint8)
+        self.final_frames: dict[int, np.ndarray] = {}  # flat slot id -> final frame of a truncated episode
+        self.cursor = 0   # next slot to write
+        self.size = 0     # slots written per stream
+        self.rng = np.random.default_rng(seed)
+
+    # --- writing --------------------------------------------------------------------------
+    def _newest_frame(self, obs: np.ndarray) -> np.ndarray:
+        return obs[:, -1] if self.stack > 1 else obs
+
+    def add(self, obs, action, reward, terminated, truncated, first, final_obs=None) -> None:
+        """Store one vector step: ``obs`` [N, *obs_shape] is what the agent acted on, ``first[i]`` says it
+        began an episode, ``final_obs`` [N, *obs_shape] holds the last observation of envs whose step was
+        truncated (rows of other envs are ignored)."""
+        t = self.cursor
+        for e in range(self.num_envs):  # forget the final frames this write overwrites
+            self.final_frames.pop(t * self.num_envs + e, None)
+        self.frames[t] = self._newest_frame(obs)
+        self.actions[t] = action
+        self.rewards[t] = reward
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool) & ~terminated
+        self.flags[t] = (terminated * TERMINATED | truncated * TRUNCATED
+                         | np.asarray(first, dtype=bool) * FIRST).astype(np.uint8)
+        if truncated.any():
+            finals = self._newest_frame(final_obs)
+            for e in np.flatnonzero(truncated):
+                self.final_frames[t * self.num_envs + int(e)] = finals[e].copy()
+        self.cursor = (t + 1) % self.slots
+        self.size = min(self.size + 1, self.slots)
+
+    def __len__(self) -> int:
+        """Transitions that can be sampled now."""
+        lo, hi = self._age_range()
+        return max(0, hi - lo + 1) * self.num_envs
+
+    # --- reading --------------------------------------------------------------------------
+    def _age_range(self) -> tuple[int, int]:
+        """Sampleable ages (0 = oldest slot). The newest n slots lack their n-step future; once the
+        buffer has wrapped, the oldest stack-1 slots lack their history."""
+        lo = self.stack - 1 if self.size == self.slots else 0
+        return lo, self.size - 1 - self.n
+
+    def _oldest(self) -> int:
+        return self.cursor if self.size == self.slots else 0
+
+    def stacks(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """Observations at slots ``t`` [B] of streams ``env`` [B], frames before an episode start zeroed."""
+        if self.stack == 1:
+            return self.frames[t, env]
+        offsets = np.arange(-self.stack + 1, 1)
+        ts = (t[:, None] + offsets) % self.slots                              # [B, S]
+        frames = self.frames[ts, env[:, None]]                                # [B, S, *frame]
+        first = (self.flags[ts, env[:, None]] & FIRST) != 0                   # [B, S]
+        # frame j is from an earlier episode if any later frame j' in (j, S) starts one
+        later_first = np.flip(np.cumsum(np.flip(first[:, 1:], 1), 1), 1) > 0  # [B, S-1]
+        stale = np.concatenate([later_first, np.zeros_like(first[:, :1])], 1)
+        frames[stale] = 0
+        return frames
+
+    def sample(self, batch_size: int) -> Batch:
+        lo, hi = self._age_range()
+        if hi < lo:
+            raise ValueError("replay buffer holds no complete transition yet")
+        age = self.rng.integers(lo, hi + 1, size=batch_size)
+        env = self.rng.integers(0, self.num_envs, size=batch_size)
+        t = (self._oldest() + age) % self.slots
+        return self._gather(t, env, np.ones(batch_size, dtype=np.float32))
+
+    def _gather(self, t: np.ndarray, env: np.ndarray, weight: np.ndarray) -> Batch:
+        n, B = self.n, len(t)
+        ts = (t[:, None] + np.arange(n)) % self.slots                           # [B, n]
+        flags = self.flags[ts, env[:, None]]
+        ended = (flags & (TERMINATED | TRUNCATED)) != 0                          # [B, n]
+        # step i counts if no earlier step of the window ended the episode (or the life)
+        alive = np.concatenate([np.ones((B, 1), bool), np.cumprod(~ended[:, :-1], 1).astype(bool)], 1)
+        powers = self.gamma ** np.arange(n, dtype=np.float64)
+        ret = (self.rewards[ts, env[:, None]] * alive * powers).sum(1)
+        stop = np.where(ended.any(1), ended.argmax(1), n - 1)                    # last step used
+        last_flags = flags[np.arange(B), stop]
+        m = stop + 1                                                            # steps taken
+        discount = np.where(last_flags & TERMINATED, 0.0, self.gamma ** m)
+        next_t = (t + m) % self.slots
+        next_obs = self.stacks(next_t, env)
+        truncated = np.flatnonzero(last_flags & TRUNCATED)
+        for b in truncated:  # rare: bootstrap from the kept final frame of a time-limit cut
+            next_obs[b] = self._final_stack(int(ts[b, stop[b]]), int(env[b]))
+        return Batch(
+            obs=self.stacks(t, env),
+            action=self.actions[t, env].astype(np.int64),
+            reward=ret.astype(np.float32),
+            discount=discount.astype(np.float32),
+            next_obs=next_obs,
+            index=t.astype(np.int64) * self.num_envs + env,
+            weight=weight,
+        )
+
+    def _final_stack(self, t: int, env: int) -> np.ndarray:
+        final = self.final_frames[t * self.num_envs + env]
+        if self.stack == 1:
+            return final
+        prev = self.stacks(np.array([t]), np.array([env]))[0]
+        return np.concatenate([prev[1:], final[None]], 0)
+
+    # --- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Plain arrays and counters; with the RNG state, resuming samples exactly as before."""
+        keys = np.array(sorted(self.final_frames), dtype=np.int64)
+        finals = (np.stack([self.final_frames[k] for k in keys]) if len(keys)
+                  else np.zeros((0, *self.frame_shape), self.frames.dtype))
+        used = self.size
+        return {
+            "frames": self.frames[:used], "actions": self.actions[:used], "rewards": self.rewards[:used],
+            "flags": self.flags[:used], "final_keys": keys, "final_frames": finals,
+            "cursor": np.int64(self.cursor), "size": np.int64(self.size),
+            "rng": np.frombuffer(json.dumps(self.rng.bit_generator.state).encode(), dtype=np.uint8),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        used = int(state["size"])
+        if state["frames"].shape[1:] != self.frames.shape[1:] or used > self.slots:
+            raise ValueError(f"saved replay {state['frames'].shape} does not fit this buffer {self.frames.shape}")
+        self.frames[:used] = state["frames"]
+        self.actions[:used] = state["actions"]
+        self.rewards[:used] = state["rewards"]
+        self.flags[:used] = state["flags"]
+        self.final_frames = {int(k): f.copy() for k, f in zip(state["final_keys"], state["final_frames"])}
+        self.cursor, self.size = int(state["cursor"]), used
+        self.rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
+
+    @staticmethod
+    def bytes_per_transition(spec: ReplaySpec) -> int:
+        """Storage bytes per transition by construction (rare final frames of truncations aside):
+        one frame, one action, one float32 reward, one flag byte."""
+        frame_shape = spec.obs_shape[1:] if spec.stack > 1 else spec.obs_shape
+        frame = int(np.prod(frame_shape)) * np.dtype(spec.obs_dtype).itemsize
+        action = 1 if spec.num_actions <= 256 else 4
+        return frame + action + 4 + 1

@@ -1,0 +1,98 @@
+"""rl-train: train a DQN agent.
+
+    rl-train                                  # Breakout, Nature-DQN settings
+    rl-train --preset cartpole --run-dir runs/cp
+    rl-train --resume runs/cp --total-steps 200000
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, from_dict, load_preset,
+                       load_toml, overrides_from_args, preset_names, run_cli, validate_train)
+
+RESUMABLE = {"total_steps", "device", "torch_threads", "log_every", "checkpoint_every", "keep_checkpoints",
+             "save_replay", "env_threads"}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="rl-train", description="Train DQN; Ctrl-C saves a checkpoint and stops.")
+    parser.add_argument("--preset", default=None, help=f"named settings: {', '.join(preset_names())} (default: breakout)")
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys, applied over the preset")
+    parser.add_argument("--run-dir", type=Path, help="where to write config, events and checkpoints "
+                                                       "(default: runs/<preset>-s<seed>-<time>)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
+    add_config_flags(parser, TrainConfig)
+    return parser
+
+
+def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
+    """defaults <- preset <- --config file <- flags, validated; or the saved config of --resume."""
+    overrides = overrides_from_args(args, TrainConfig)
+    if args.resume is not None:
+        from agents.runner import load_run_config
+        if args.preset or args.config or args.run_dir:
+            raise ConfigError("--resume takes the run's saved config; drop --preset, --config and --run-dir")
+        cfg = load_run_config(args.resume)
+        fixed = sorted(set(overrides) - RESUMABLE)
+        if fixed:
+            raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; "
+                              f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))}")
+        return validate_train(from_dict(TrainConfig, overrides, base=cfg)), None, args.resume
+    preset = args.preset or ("breakout" if args.config is None else None)
+    cfg = TrainConfig()
+    if preset:
+        cfg = from_dict(TrainConfig, load_preset(preset), base=cfg)
+    if args.config:
+        cfg = from_dict(TrainConfig, load_toml(args.config), base=cfg)
+    cfg = validate_train(from_dict(TrainConfig, overrides, base=cfg))
+    run_dir = args.run_dir or Path("runs") / f"{preset or Path(args.config).stem}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, preset, run_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg, preset, run_dir = resolve_config(args)
+    from agents.runner import Trainer, TrainingDiverged
+    from rl.checkpoint import CheckpointError
+
+    if args.resume is None:
+        Trainer.prepare_run_dir(run_dir, cfg, preset)
+    trainer = Trainer(cfg, run_dir, preset=preset, show_progress=not args.no_progress)
+    try:
+        if args.resume is not None:
+            try:
+                trainer.restore()
+            except CheckpointError as exc:
+                raise ConfigError(str(exc)) from None
+            print(f"rl-train: resuming {run_dir} at step {trainer.step:,}; {trainer.resume_note}", file=sys.stderr)
+        else:
+            print(f"rl-train: run directory {run_dir} (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+        try:
+            status = trainer.train()
+        except TrainingDiverged as exc:
+            print(f"rl-train: error: {exc}", file=sys.stderr)
+            return 1
+        latest = trainer.checkpoints.latest
+        if status == "stopped":
+            print(f"rl-train: stopped at step {trainer.step:,}; checkpoint {latest}; "
+                  f"continue with: rl-train --resume {run_dir}", file=sys.stderr)
+        else:
+            print(f"rl-train: finished {trainer.step:,} steps; checkpoint {latest}; "
+                  f"evaluate with: rl-evaluate {latest}", file=sys.stderr)
+        return 0
+    finally:
+        trainer.close()
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,146 @@
+"""Replay against a slow, obviously-correct reference built from what the env actually returned."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rl.replay import ReplayBuffer, ReplaySpec
+from tests.fakes import FakeFlatEnv, FakeStackedEnv
+
+
+def fill(env, buf, steps, seed=0):
+    """Drive ``env`` with random actions into ``buf``; return the reference list of transitions
+    ref[g][e] = (obs, action, reward, terminated, truncated, next_obs)."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset()
+    first = np.ones(env.num_envs, bool)
+    ref = []
+    for _ in range(steps):
+        a = rng.integers(0, env.num_actions, env.num_envs)
+        out = env.step(a)
+        buf.add(obs, a, out.reward, out.terminated, out.truncated, first, out.final_obs)
+        ref.append([(obs[e].copy(), a[e], out.reward[e], out.terminated[e], out.truncated[e] and not out.terminated[e],
+                     out.final_obs[e].copy()) for e in range(env.num_envs)])
+        first = out.episode_end
+        obs = out.obs
+    return ref
+
+
+def reference_target(ref, g, e, n, gamma):
+    """n-step return, discount and bootstrap obs for the transition at vector step g of env e."""
+    ret, disc = 0.0, 1.0
+    for i in range(n):
+        obs, a, r, term, trunc, nxt = ref[g + i][e]
+        ret += disc * r
+        disc *= gamma
+        if term:
+            return ret, 0.0, None
+        if trunc or i == n - 1:
+            return ret, disc, nxt
+
+
+def global_step(buf, adds, t):
+    newest = (buf.cursor - 1) % buf.slots
+    return (adds - 1) - ((newest - t) % buf.slots)
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+@pytest.mark.parametrize("capacity,steps", [(60, 200), (600, 150)])  # wrapped many times / not yet full
+@pytest.mark.parametrize("flat", [False, True])
+def test_samples_match_reference(n_step, capacity, steps, flat):
+    env = FakeFlatEnv(num_envs=3) if flat else FakeStackedEnv(num_envs=3)
+    spec = ReplaySpec(capacity, 3, env.obs_shape, env.obs_dtype, stack=1 if flat else 4, n_step=n_step, gamma=0.9)
+    buf = ReplayBuffer(spec, seed=1)
+    ref = fill(env, buf, steps)
+    batch = buf.sample(512)
+    assert batch.obs.shape == (512, *env.obs_shape) and batch.obs.dtype == env.obs_dtype
+    assert batch.next_obs.shape == batch.obs.shape
+    assert batch.action.dtype == np.int64 and batch.reward.dtype == np.float32 and batch.discount.dtype == np.float32
+    checked_trunc = checked_term = 0
+    for b in range(512):
+        t, e = divmod(int(batch.index[b]), 3)
+        g = global_step(buf, steps, t)
+        obs, a, *_ = ref[g][e]
+        np.testing.assert_array_equal(batch.obs[b], obs)  # the stack the agent saw when it acted
+        assert batch.action[b] == a
+        ret, disc, nxt = reference_target(ref, g, e, n_step, 0.9)
+        assert batch.reward[b] == pytest.approx(ret, rel=1e-5)
+        assert batch.discount[b] == pytest.approx(disc, rel=1e-6)
+        if disc == 0.0:
+            checked_term += 1
+        else:
+            np.testing.assert_array_equal(batch.next_obs[b], nxt)
+            checked_trunc += any(ref[g + i][e][4] for i in range(n_step))
+    assert checked_term > 0 and checked_trunc > 0  # both kinds of episode end were exercised
+
+
+def test_stacks_never_cross_an_episode_start():
+    env = FakeStackedEnv(num_envs=2, p_life=0.2, p_over=0.2, p_trunc=0.0)
+    buf = ReplayBuffer(ReplaySpec(400, 2, env.obs_shape, env.obs_dtype, stack=4), seed=0)
+    fill(env, buf, 150)
+    batch = buf.sample(2000)
+    for stack in batch.obs:
+        nonzero = stack[:, 0, 0][stack[:, 0, 0] > 0]
+        # frames of one game are consecutive counters per env; zeros only pad the front
+        first_nonzero = np.argmax(stack[:, 0, 0] > 0)
+        assert (stack[:first_nonzero] == 0).all()
+        assert len(nonzero) == 4 - first_nonzero
+
+
+def test_life_loss_keeps_stack_but_stops_bootstrap():
+    env = FakeStackedEnv(num_envs=1, p_life=0.3, p_over=0.0, p_trunc=0.0)
+    buf = ReplayBuffer(ReplaySpec(100, 1, env.obs_shape, env.obs_dtype, stack=4), seed=0)
+    ref = fill(env, buf, 80)
+    batch = buf.sample(500)
+    lost = [b for b in range(500) if batch.discount[b] == 0]
+    assert lost
+    for b in range(500):
+        assert (batch.obs[b] != 0).all() or global_step(buf, 80, int(batch.index[b])) < 3  # only the game start pads
+
+
+def test_never_samples_unwritten_or_overwritten_slots():
+    env = FakeStackedEnv(num_envs=2)
+    buf = ReplayBuffer(ReplaySpec(20, 2, env.obs_shape, env.obs_dtype, stack=4, n_step=2), seed=0)
+    with pytest.raises(ValueError):
+        buf.sample(1)
+    fill(env, buf, 3)
+    assert len(buf) == 2 * (3 - 2)
+    fill(env, buf, 57)
+    t = buf.sample(5000).index // 2
+    newest = (buf.cursor - 1) % buf.slots
+    ages_from_newest = (newest - t) % buf.slots
+    assert ages_from_newest.min() == 2  # the newest n slots have no n-step future yet
+    assert ages_from_newest.max() == buf.slots - 4  # the oldest stack-1 slots have lost their history
+
+
+def test_uniform_over_envs_and_slots():
+    env = FakeFlatEnv(num_envs=4)
+    buf = ReplayBuffer(ReplaySpec(40, 4, env.obs_shape, env.obs_dtype), seed=0)
+    fill(env, buf, 50)
+    idx = buf.sample(40_000).index
+    counts = np.bincount(idx, minlength=40)
+    valid = counts[counts > 0]
+    assert len(valid) == len(buf)
+    assert valid.std() / valid.mean() < 0.1
+
+
+def test_breakout_replay_is_7_2_gb_at_most():
+    spec = ReplaySpec(1_000_000, 8, (4, 84, 84), np.uint8, stack=4, num_actions=4)
+    per = ReplayBuffer.bytes_per_transition(spec)
+    assert per == 84 * 84 + 1 + 4 + 1
+    assert per * 1_000_000 <= 7.2e9
+    small = ReplayBuffer(ReplaySpec(800, 8, (4, 84, 84), np.uint8, stack=4, num_actions=4))
+    actual = small.frames.nbytes + small.actions.nbytes + small.rewards.nbytes + small.flags.nbytes
+    assert actual == per * 800  # the arithmetic is what is allocated
+
+
+def test_state_dict_round_trip_samples_identically():
+    env = FakeStackedEnv(num_envs=2)
+    spec = ReplaySpec(50, 2, env.obs_shape, env.obs_dtype, stack=4, n_step=3)
+    a = ReplayBuffer(spec, seed=3)
+    fill(env, a, 70)
+    b = ReplayBuffer(spec, seed=99)
+    b.load_state_dict(a.state_dict())
+    x, y = a.sample(64), b.sample(64)
+    for u, v in zip(x, y):
+        np.testing.assert_array_equal(u, v)
