@@ -68,6 +68,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                               f"{str(path / 'checkpoints' / 'latest.pt')!r}")
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip; a torn write loses its directory
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt (not a complete torch archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -252,10 +252,24 @@ def dumps_toml(data: Mapping[str, Any]) -> str:
 # --- command line -----------------------------------------------------------------------------
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad input in one line and exits 2."""
+    """argparse that reports bad input in one line, suggests the closest flag, and exits 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # a misspelt flag must not silently match a longer one
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = [o for action in self._actions for o in action.option_strings]
+            unknown = next((x for x in extras if x.startswith("-")), extras[0])
+            close = difflib.get_close_matches(unknown.split("=")[0], flags, n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; see --help"
+            self.error(f"unrecognized argument {unknown!r}{hint}")
+        return parsed
 
 
 def _flag(name: str) -> str:
@@ -292,9 +306,10 @@ def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
+            prog: str | None = None) -> int:
     """Run ``main`` and map errors to exit codes: ConfigError -> 2 with one line, others -> 1."""
-    prog = Path(sys.argv[0]).name
+    prog = prog or Path(sys.argv[0]).name
     try:
         return main(argv)
     except ConfigError as exc:

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, prog="rl-evaluate"))
 
 
 if __name__ == "__main__":

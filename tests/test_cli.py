@@ -1,0 +1,99 @@
+"""The command lines as users run them: bad input is one line, exit 2, nothing written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl.config import run_cli
+from scripts import evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_main(main, argv, capsys):
+    code = run_cli(main, argv, prog="rl-test")
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+BAD_TRAIN = [
+    (["--preset", "brekout"], "unknown preset 'brekout'", "breakout"),
+    (["--env", "pacman_deluxe"], "env = 'pacman_deluxe'", "cartpole"),
+    (["--optimizer", "adamm"], "optimizer = 'adamm'", "adam"),
+    (["--loss", "hubber"], "loss = 'hubber'", "huber"),
+    (["--learning-rate", "0"], "learning_rate = 0.0", "> 0"),
+    (["--learning-rate=-1e-3"], "learning_rate = -0.001", "> 0"),
+    (["--buffer-size", "0"], "buffer_size = 0", ">= 1"),
+    (["--buffer-size", "-5"], "buffer_size = -5", ">= 1"),
+    (["--batch-size", "64", "--buffer-size", "32"], "batch_size = 64", "buffer_size"),
+    (["--learning-starts", "500", "--total-steps", "100"], "learning_starts = 500", "total_steps"),
+    (["--gamma", "1.5"], "gamma = 1.5", "<= 1"),
+    (["--total-steps", "ten"], "total_steps = 'ten'", "whole number"),
+    (["--optimizer-kwargs", "{momentum = 0.9}"], "no option 'momentum'", "allowed"),
+    (["--device", "tpu"], "device = 'tpu'", "auto, cpu, cuda"),
+]
+
+
+@pytest.mark.parametrize("argv,names,allowed", BAD_TRAIN)
+def test_train_rejects_bad_input_in_one_line(argv, names, allowed, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    preset = [] if argv[0] == "--preset" else ["--preset", "cartpole"]
+    code, err = run_main(train.main, [*preset, *argv, "--run-dir", str(run_dir)], capsys)
+    assert code == 2
+    assert len(err) == 1, err
+    assert names in err[0] and allowed in err[0], err[0]
+    assert not run_dir.exists()  # nothing written
+
+
+def test_misspelt_flag_suggests_the_right_one(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scripts.train", "--total-step", "5", "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--total-step" in lines[0] and "--total-steps" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_config_file_key_suggests_closest(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('env = "cartpole"\nnetwork = "mlp"\nlearning_rat = 0.1\n')
+    code, err = run_main(train.main, ["--config", str(cfg), "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err) == 1 and "'learning_rat'" in err[0] and "'learning_rate'" in err[0]
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text("precious = 1\n")
+    code, err = run_main(train.main, ["--preset", "cartpole", "--run-dir", str(run_dir)], capsys)
+    assert code == 2 and "already holds a run" in err[0] and "--resume" in err[0]
+    assert (run_dir / "config.toml").read_text() == "precious = 1\n"
+
+
+@pytest.mark.parametrize("content,expect", [(None, "does not exist"), (b"not a zip at all", "truncated or corrupt")])
+def test_evaluate_rejects_missing_or_corrupt_checkpoint(content, expect, tmp_path, capsys):
+    path = tmp_path / "latest.pt"
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "r.json"
+    code, err = run_main(evaluate.main, [str(path), "--json", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and str(path) in err[0] and expect in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,text", [(["--episodes", "0"], "--episodes 0"), (["--epsilon", "2"], "--epsilon 2.0")])
+def test_evaluate_rejects_bad_numbers(argv, text, tmp_path, capsys):
+    code, err = run_main(evaluate.main, [str(tmp_path / "x.pt"), *argv], capsys)
+    assert code == 2 and len(err) == 1 and text in err[0]
+
+
+def test_console_scripts_are_installed_and_answer_help():
+    for name in ("rl-train", "rl-evaluate"):
+        proc = subprocess.run([name, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "scripts.train", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert "--learning-rate" in proc.stdout and "--target-update" in proc.stdout
