@@ -6,6 +6,7 @@ at most the updates of one vector step.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,7 +28,11 @@ from rl.replay import ReplayBuffer, ReplaySpec
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or Q-value; the last good checkpoint is kept."""
+    """A non-finite loss, Q-value or weight; the last good checkpoint is kept."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory could not be written (full disk, permissions); earlier files are intact."""
 
 
 class StopRequested:
@@ -80,6 +85,9 @@ class Trainer:
         self.wall_time = 0.0          # seconds of training, summed over resumed sessions
         self.obs = None
         self.first = np.ones(cfg.num_envs, bool)
+        self.refill_until = 0         # after a resume without replay: no updates before this step
+        self.skipped_updates = 0      # updates owed while there was nothing to learn from
+        self.resume_note = ""
 
     # --- run directory ----------------------------------------------------------------------
     @staticmethod
@@ -100,25 +108,44 @@ class Trainer:
         info = {"preset": self.preset, "env": self.cfg.env, "status": status, "step": self.step,
                 "total_steps": self.cfg.total_steps, "episodes": self.episodes,
                 "wall_time": round(self.wall_time, 1), "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+        try:
+            ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.run_dir / 'run.json'}: {exc.strerror or exc}; "
+                              f"earlier checkpoints are intact") from None
 
     # --- checkpoints ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         meta = {
             "step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
             "first": self.first.tolist(), "env": self.env.state_dict(),
+            "refill_until": self.refill_until, "skipped_updates": self.skipped_updates,
             "agent_rng": self.agent.rng.bit_generator.state,
-            "numpy_global_rng": None,
         }
         return {"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
                 "torch_rng": torch.get_rng_state(), "meta": ckpt.encode_meta(meta)}
 
+    def check_finite(self, metrics: dict[str, float] | None = None) -> None:
+        """Refuse to go on (or to save) once a loss, Q-value or weight is NaN or infinite."""
+        bad = {k: v for k, v in (metrics or {}).items() if not math.isfinite(v)}
+        if not bad and not all(bool(torch.isfinite(p).all()) for p in self.agent.q.parameters()):
+            bad = {"weights": float("nan")}
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+            kept = self.checkpoints.latest if self.checkpoints.latest.exists() else "none written yet"
+            raise TrainingDiverged(f"non-finite values at step {self.step} ({shown}); training stopped, "
+                                   f"last good checkpoint: {kept}")
+
     def save(self, periodic: bool = False) -> Path:
-        path = self.checkpoints.save(self.payload(), self.step, periodic)
-        if self.cfg.save_replay:
-            state = self.replay.state_dict()
-            self.checkpoints.save_replay(state, self.step)
-        return path
+        self.check_finite()
+        try:
+            # replay first: latest.pt must never point at a replay that is not on disk yet
+            if self.cfg.save_replay:
+                self.checkpoints.save_replay(self.replay.state_dict(), self.step)
+            return self.checkpoints.save(self.payload(), self.step, periodic)
+        except OSError as exc:
+            raise RunDirError(f"cannot write a checkpoint in {self.checkpoints.root}: {exc.strerror or exc}; "
+                              f"earlier checkpoints are intact") from None
 
     def restore(self) -> None:
         """Continue from ``latest.pt``: weights, optimizer, counters, RNGs, env state and replay."""
@@ -129,6 +156,7 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
         self.first = np.array(meta["first"], bool)
+        self.refill_until, self.skipped_updates = meta["refill_until"], meta["skipped_updates"]
         self.obs = self.env.load_state_dict(meta["env"])
         saved = self.checkpoints.load_replay(self.step)
         if saved is not None:
@@ -141,31 +169,49 @@ class Trainer:
                                 f"steps before updates resume")
 
     # --- the loop -------------------------------------------------------------------------
-    def train(self) -> str:
-        """Run until total_steps or a stop request. Returns "finished" or "stopped"."""
-        cfg, env, agent, replay = self.cfg, self.env, self.agent, self.replay
+    def train(self, stop_at: int | None = None) -> str:
+        """Run until total_steps, a stop request, or ``stop_at`` agent steps. Returns "finished" or "stopped"."""
+        cfg = self.cfg
         if self.obs is None:
-            self.obs = env.reset()
-        refill_until = getattr(self, "refill_until", 0)
+            self.obs = self.env.reset()
         logger = Logger(self.run_dir, purge_step=self.step if self.step else None)
         if self.step == 0:
             logger.text("config", "```\n" + dumps_toml(dataclasses.asdict(cfg)) + "```")
         progress = Progress(cfg.total_steps, initial=self.step, disable=self.show_progress is False or None)
+        self._write_status("running")
+        try:
+            status = self._loop(stop_at, logger, progress)
+        except (TrainingDiverged, RunDirError):
+            with contextlib.suppress(RunDirError):
+                self._write_status("failed")
+            raise
+        finally:
+            progress.close()
+            logger.flush()
+            logger.close()
+        self.save(periodic=False)
+        self._write_status(status)
+        return status
+
+    def _loop(self, stop_at: int | None, logger: Logger, progress: Progress) -> str:
+        cfg, env, agent, replay = self.cfg, self.env, self.agent, self.replay
         rate = RateMeter(self.step)
         next_log = (self.step // cfg.log_every + 1) * cfg.log_every
         next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         metrics: dict[str, torch.Tensor] = {}
         started = time.perf_counter()
         status = "finished"
-        self._write_status("running")
         with StopRequested() as stop:
             while self.step < cfg.total_steps:
                 epsilon = agent.epsilon(self.step)
                 actions = agent.act(self.obs, epsilon)
                 env.send(actions)                                   # emulators run from here ...
                 lr = agent.set_step(self.step)
-                if self.step >= refill_until:
-                    while agent.updates < updates_due(self.step, cfg) and len(replay) >= cfg.batch_size:
+                due = updates_due(self.step, cfg) - self.skipped_updates
+                if self.step < self.refill_until or len(replay) < cfg.batch_size:
+                    self.skipped_updates += due - agent.updates     # nothing to learn from yet: forgive them
+                else:
+                    while agent.updates < due:
                         metrics = agent.update(replay.sample(cfg.batch_size))
                     crossed = (self.step + cfg.num_envs) // cfg.target_update > self.step // cfg.target_update
                     if cfg.tau >= 1.0 and agent.updates > 0 and crossed:
@@ -188,10 +234,7 @@ class Trainer:
                               "charts/episodes": self.episodes, "charts/replay_size": len(replay)}
                     if metrics:
                         host = {k: v.item() for k, v in metrics.items() if v.dim() == 0}
-                        if not all(math.isfinite(v) for v in host.values()):
-                            bad = ", ".join(f"{k}={v}" for k, v in host.items())
-                            raise TrainingDiverged(f"non-finite training values at step {self.step} ({bad}); "
-                                                   f"the last good checkpoint is {self.checkpoints.latest}")
+                        self.check_finite(host)
                         values.update({f"losses/{k}": v for k, v in host.items()})
                         values["charts/updates"] = agent.updates
                     logger.scalars(values, self.step)
@@ -201,15 +244,10 @@ class Trainer:
                     started = time.perf_counter()
                     self.save(periodic=True)
                     self._write_status("running")
-                if stop.requested:
+                if stop.requested or (stop_at is not None and self.step >= stop_at and self.step < cfg.total_steps):
                     status = "stopped"
                     break
         self.wall_time += time.perf_counter() - started
-        progress.close()
-        self.save(periodic=False)
-        self._write_status(status)
-        logger.flush()
-        logger.close()
         return status
 
     def close(self) -> None:

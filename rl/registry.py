@@ -2,13 +2,19 @@
 
 Every entry is frozen data (name, aliases, defaults, description). The DQN learner and the
 supervised trainers both go through :func:`make_optimizer` and :func:`make_loss`, so a name
-means the same thing everywhere. ``python -m rl.registry`` prints the table.
+means the same thing everywhere. ``python -m rl.registry`` (or ``rl-supervised --list``) prints
+the table.
+
+Regularizers are options, not entries: weight decay is an optimizer keyword (``weight_decay``,
+every optimizer here takes it), label smoothing a loss keyword of ``cross_entropy``; gradient
+clipping and dropout belong to the trainer and the model.
 """
 from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -36,10 +42,16 @@ class LossEntry:
     description: str
     aliases: tuple[str, ...] = ()
     target: str = "value"  # "value": float targets shaped like the input; "class": integer labels
+    input: str = "scores"  # "scores": any real outputs (logits, Q-values); "log_probs": log-probabilities
 
 
 def _opt(name, cls, description, aliases=(), **defaults) -> OptimizerEntry:
-    return OptimizerEntry(name, cls, dict(defaults), description, tuple(aliases))
+    # a read-only view, so a caller cannot change a default for everyone else
+    return OptimizerEntry(name, cls, MappingProxyType(dict(defaults)), description, tuple(aliases))
+
+
+def _loss(name, fn, description, aliases=(), target="value", input="scores", **defaults) -> LossEntry:
+    return LossEntry(name, fn, MappingProxyType(dict(defaults)), description, tuple(aliases), target, input)
 
 
 OPTIMIZERS: tuple[OptimizerEntry, ...] = (
@@ -76,15 +88,15 @@ def _cross_entropy(input, target, reduction="mean", label_smoothing=0.0):
 
 
 LOSSES: tuple[LossEntry, ...] = (
-    LossEntry("mse", F.mse_loss, {}, "mean squared error (Gaussian maximum likelihood)",
-              aliases=("l2", "mean_squared_error")),
-    LossEntry("l1", F.l1_loss, {}, "mean absolute error", aliases=("mae",)),
-    LossEntry("huber", _huber, {"delta": 1.0}, "quadratic within delta, linear beyond (DQN's error clipping)",
-              aliases=("smooth_l1",)),
-    LossEntry("cross_entropy", _cross_entropy, {"label_smoothing": 0.0},
-              "softmax cross-entropy on logits against class labels", aliases=("ce",), target="class"),
-    LossEntry("nll", F.nll_loss, {}, "negative log-likelihood of log-probabilities (maximum likelihood)",
-              aliases=("mle", "negative_log_likelihood"), target="class"),
+    _loss("mse", F.mse_loss, "mean squared error (Gaussian maximum likelihood)",
+          aliases=("l2", "mean_squared_error")),
+    _loss("l1", F.l1_loss, "mean absolute error", aliases=("mae",)),
+    _loss("huber", _huber, "quadratic within delta, linear beyond (DQN's error clipping)",
+          aliases=("smooth_l1",), delta=1.0),
+    _loss("cross_entropy", _cross_entropy, "softmax cross-entropy on logits against class labels",
+          aliases=("ce",), target="class", label_smoothing=0.0),
+    _loss("nll", F.nll_loss, "negative log-likelihood of log-probabilities (maximum likelihood)",
+          aliases=("mle", "negative_log_likelihood"), target="class", input="log_probs"),
 )
 
 
@@ -110,6 +122,16 @@ def loss_names() -> list[str]:
     return [entry.name for entry in LOSSES]
 
 
+def optimizer_choices() -> tuple[str, ...]:
+    """Every spelling :func:`get_optimizer` accepts (names and aliases), for config ``choices``."""
+    return tuple(_OPTIMIZER_INDEX)
+
+
+def loss_choices() -> tuple[str, ...]:
+    """Every spelling :func:`get_loss` accepts (names and aliases), for config ``choices``."""
+    return tuple(_LOSS_INDEX)
+
+
 def _lookup(table: dict[str, Any], kind: str, name: str):
     key = str(name).lower().replace("-", "_")
     if key in table:
@@ -133,61 +155,84 @@ def _accepted(fn: Callable, skip: int) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def optimizer_kwargs(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults of ``name`` merged with ``overrides``; unknown keys fail, listing the valid ones."""
-    entry = get_optimizer(name)
-    allowed = [k for k in _accepted(entry.cls.__init__, 2) if k not in ("params", "defaults")]
+def _merge(kind: str, entry, allowed: list[str], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     kwargs = dict(entry.defaults)
     for key, value in (overrides or {}).items():
         if key not in allowed:
-            raise RegistryError(
-                f"optimizer {entry.name!r} has no option {key!r}; allowed: {', '.join(allowed)}")
+            shown = ", ".join(allowed) or "none"
+            raise RegistryError(f"{kind} {entry.name!r} has no option {key!r}; allowed: {shown}")
         kwargs[key] = value
+    return kwargs
+
+
+def _rejected(kind: str, entry, kwargs: Mapping[str, Any], exc: Exception) -> RegistryError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RegistryError(f"{kind} {entry.name!r} rejected {dict(kwargs)}: {first}")
+
+
+def _optimizer_options(entry: OptimizerEntry, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    allowed = [k for k in _accepted(entry.cls.__init__, 2) if k not in ("params", "defaults")]
+    return _merge("optimizer", entry, allowed, overrides)
+
+
+def _build_optimizer(entry: OptimizerEntry, params, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    try:
+        return entry.cls(params, **kwargs)  # the optimizer's own value checks run here
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise _rejected("optimizer", entry, kwargs, exc) from None
+
+
+def optimizer_kwargs(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults of ``name`` merged with ``overrides``, checked: unknown keys fail listing the valid
+    ones, and bad values (``lr = -1``) fail here, at configuration time, not mid-run."""
+    entry = get_optimizer(name)
+    kwargs = _optimizer_options(entry, overrides)
+    _build_optimizer(entry, [torch.zeros(1, requires_grad=True)], kwargs)
     return kwargs
 
 
 def make_optimizer(name: str, params, overrides: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
     """Build optimizer ``name`` over ``params``; ``overrides`` (e.g. ``{"lr": 1e-4}``) win over defaults."""
     entry = get_optimizer(name)
-    kwargs = optimizer_kwargs(name, overrides)
-    try:
-        return entry.cls(params, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise RegistryError(f"optimizer {entry.name!r} rejected {kwargs}: {exc}") from None
+    return _build_optimizer(entry, params, _optimizer_options(entry, overrides))
+
+
+def _probe(entry: LossEntry) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tiny (input, target) pair of the kind ``entry`` expects, to try its options on."""
+    scores = torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.5, -0.5]])           # [B=2, C=3]
+    if entry.input == "log_probs":
+        scores = scores.log_softmax(1)
+    target = torch.tensor([2, 0]) if entry.target == "class" else torch.zeros_like(scores)
+    return scores, target
 
 
 def make_loss(name: str, overrides: Mapping[str, Any] | None = None) -> Callable[..., torch.Tensor]:
     """Return ``loss(input, target, reduction="mean")`` for ``name`` with defaults and overrides bound."""
     entry = get_loss(name)
     allowed = [k for k in _accepted(entry.fn, 2) if k not in ("size_average", "reduce", "reduction", "weight")]
-    kwargs = dict(entry.defaults)
-    for key, value in (overrides or {}).items():
-        if key not in allowed:
-            shown = ", ".join(allowed) or "none"
-            raise RegistryError(f"loss {entry.name!r} has no option {key!r}; allowed: {shown}")
-        kwargs[key] = value
+    kwargs = _merge("loss", entry, allowed, overrides)
 
     def loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return entry.fn(input, target, reduction=reduction, **kwargs)
 
+    try:
+        loss(*_probe(entry))  # bad values (label_smoothing = 2) fail now, not at the first update
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise _rejected("loss", entry, kwargs, exc) from None
     loss.__name__ = entry.name
     return loss
 
 
 def describe() -> str:
-    """A plain-text table of every optimizer and loss with aliases and defaults."""
-    def fmt(d):
-        return ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
+    """A plain-text table of every optimizer and loss: name, defaults, description, aliases."""
+    def row(entry, note=""):
+        defaults = ", ".join(f"{k}={v}" for k, v in entry.defaults.items()) or "-"
+        alias = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        return f"  {entry.name:<13} {defaults:<48} {entry.description}{note}{alias}"
 
-    lines = ["optimizers:"]
-    for e in OPTIMIZERS:
-        alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
-        lines.append(f"  {e.name:<13} {fmt(e.defaults):<45} {e.description}{alias}")
-    lines.append("losses:")
-    for e in LOSSES:
-        alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
-        lines.append(f"  {e.name:<13} {fmt(e.defaults):<45} {e.description}{alias}")
-    return "\n".join(lines)
+    return "\n".join(["optimizers:", *(row(e) for e in OPTIMIZERS),
+                      "losses:", *(row(e, "; targets: class labels" if e.target == "class" else "")
+                                   for e in LOSSES)])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--run-dir", type=Path, help="where to write config, events and checkpoints "
                                                        "(default: runs/<preset>-s<seed>-<time>)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--stop-at", type=int, metavar="STEP", help="checkpoint and stop (resumable) once STEP agent "
+                        "steps are done, e.g. to fit a time-boxed job")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
     add_config_flags(parser, TrainConfig)
     return parser
@@ -57,8 +59,10 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f"--stop-at {args.stop_at} is not allowed: must be >= 1")
     cfg, preset, run_dir = resolve_config(args)
-    from agents.runner import Trainer, TrainingDiverged
+    from agents.runner import RunDirError, Trainer, TrainingDiverged
     from rl.checkpoint import CheckpointError
 
     if args.resume is None:
@@ -74,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"rl-train: run directory {run_dir} (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
         try:
-            status = trainer.train()
-        except TrainingDiverged as exc:
+            status = trainer.train(stop_at=args.stop_at)
+        except (TrainingDiverged, RunDirError) as exc:
             print(f"rl-train: error: {exc}", file=sys.stderr)
             return 1
         latest = trainer.checkpoints.latest
