@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rl.config import TrainConfig
-from rl.networks import frozen_copy, make_q_network, sync_target
+from rl.networks import frozen_copy, make_q_network, sync_target, use_channels_last
 from rl.registry import make_loss, make_optimizer
 from rl.replay import Batch
 from rl.schedules import LinearSchedule
@@ -32,6 +32,8 @@ class DQNAgent:
         self.device = torch.device(device)
         self.num_actions = num_actions
         self.q: nn.Module = make_q_network(cfg.network, obs_shape, num_actions, cfg.hidden_sizes).to(self.device)
+        if cfg.channels_last and len(obs_shape) == 3:
+            use_channels_last(self.q)
         self.target = frozen_copy(self.q)
         self.optimizer = make_optimizer(cfg.optimizer, self.q.parameters(),
                                         {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
@@ -42,13 +44,18 @@ class DQNAgent:
                                             cfg.total_steps)
         self.rng = np.random.default_rng(cfg.seed)
         self.updates = 0  # gradient steps taken
+        self.bf16 = cfg.precision == "bf16"
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # --- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch obs[N, *obs_shape], one forward pass."""
         x = torch.as_tensor(obs, device=self.device)
-        return self.q(x).argmax(1).cpu().numpy()
+        with self._autocast():
+            return self.q(x).argmax(1).cpu().numpy()
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         """Epsilon-greedy actions int64[N]; the forward pass is skipped when every action is random."""
@@ -75,8 +82,8 @@ class DQNAgent:
 
     def td_target(self, reward: torch.Tensor, discount: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """y = R^(n) + gamma^n (1 - done) Q_target(s', a*); a* from the online net when ``double``."""
-        with torch.no_grad():
-            next_q_target = self.target(next_obs)                                 # [B, A]
+        with torch.no_grad(), self._autocast():
+            next_q_target = self.target(next_obs).float()                         # [B, A]
             if self.cfg.double:
                 best = self.q(next_obs).argmax(1, keepdim=True)                   # a* = argmax_a Q_online(s', a)
             else:
@@ -88,7 +95,8 @@ class DQNAgent:
         """One gradient step on ``batch``. Returns detached tensors (no host sync here)."""
         obs, action, reward, discount, next_obs, weight = self._to_device(batch)
         target = self.td_target(reward, discount, next_obs)
-        q_all = self.q(obs)                                                        # [B, A]
+        with self._autocast():
+            q_all = self.q(obs).float()                                            # [B, A]
         q_taken = q_all.gather(1, action.unsqueeze(1)).squeeze(1)                  # Q(s, a)
         per_sample = self.loss_fn(q_taken, target, reduction="none")               # [B]
         loss = (weight * per_sample).mean()

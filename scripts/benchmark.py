@@ -1,0 +1,194 @@
+"""rl-bench: the throughput ceilings and what the training loop reaches, measured in one run.
+
+    rl-bench                          # breakout preset on the default device
+    rl-bench --json bench.json --train-steps 4000
+
+Prints a table and, with --json, writes the figures. Every rate is measured in this process, so
+ratios between them hold even on a shared, noisy machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, from_dict, load_preset,
+                       overrides_from_args, run_cli, validate_train)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="rl-bench", description="Measure env, learner, replay and end-to-end throughput.")
+    parser.add_argument("--preset", default="breakout", help="settings to measure (default: breakout)")
+    parser.add_argument("--env-steps", type=int, default=20_000, help="agent steps for the env ceiling")
+    parser.add_argument("--updates", type=int, default=100, help="gradient updates for the learner ceiling")
+    parser.add_argument("--replay-steps", type=int, default=20_000, help="transitions inserted for the replay figures")
+    parser.add_argument("--train-steps", type=int, default=4_000, help="agent steps of real training, after learning starts")
+    parser.add_argument("--fill-steps", type=int, default=2_000, help="agent steps before learning starts in that run")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    add_config_flags(parser, TrainConfig)
+    return parser
+
+
+def timed(fn, repeat: int) -> float:
+    """Seconds per call of ``fn`` after two warm-up calls."""
+    fn(), fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def env_ceiling(cfg: TrainConfig, steps: int) -> float:
+    from envs import make_env
+    env = make_env(cfg)
+    rng = np.random.default_rng(0)
+    env.reset()
+    vector_steps = max(1, steps // cfg.num_envs)
+    actions = rng.integers(0, env.num_actions, (vector_steps, cfg.num_envs))
+    start = time.perf_counter()
+    for a in actions:
+        env.send(a)
+        env.recv()
+    rate = vector_steps * cfg.num_envs / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_dtype) -> float:
+    import torch
+    from agents.dqn import DQNAgent, resolve_device
+    from rl.replay import Batch
+
+    agent = DQNAgent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
+    rng = np.random.default_rng(0)
+    B = cfg.batch_size
+    high = 255 if obs_dtype == np.uint8 else 1
+    obs = rng.integers(0, high + 1, (B, *obs_shape)).astype(obs_dtype)
+    batch = Batch(obs, rng.integers(0, num_actions, B), rng.random(B, dtype=np.float32),
+                  np.full(B, 0.99, np.float32), obs.copy(), np.arange(B), np.ones(B, np.float32))
+
+    def one():
+        out = agent.update(batch)
+        if agent.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return 1.0 / timed(one, updates)
+
+
+def replay_figures(cfg: TrainConfig, steps: int, obs_shape, obs_dtype, num_actions) -> dict:
+    from rl.replay import ReplayBuffer, ReplaySpec
+    spec = ReplaySpec(capacity=max(steps, cfg.batch_size * 4), num_envs=cfg.num_envs, obs_shape=obs_shape,
+                      obs_dtype=obs_dtype, stack=obs_shape[0] if len(obs_shape) == 3 else 1, n_step=cfg.n_step,
+                      gamma=cfg.gamma, num_actions=num_actions)
+    buf = ReplayBuffer(spec)
+    rng = np.random.default_rng(0)
+    N = cfg.num_envs
+    obs = rng.integers(0, 256, (N, *obs_shape)).astype(obs_dtype)
+    zeros = np.zeros(N, bool)
+    first = rng.random((steps // N, N)) < 0.01
+    start = time.perf_counter()
+    for t in range(steps // N):
+        buf.add(obs, rng.integers(0, num_actions, N), np.ones(N, np.float32), first[t], zeros, first[t], obs)
+    insert = (steps // N) * N / (time.perf_counter() - start)
+    sample_s = timed(lambda: buf.sample(cfg.batch_size), 500)
+    return {"insert_per_s": insert, "sample_batches_per_s": 1 / sample_s, "sample_ms": sample_s * 1e3,
+            "bytes_per_transition": ReplayBuffer.bytes_per_transition(spec),
+            "bytes_for_buffer_size": ReplayBuffer.bytes_per_transition(spec) * cfg.buffer_size}
+
+
+def end_to_end(cfg: TrainConfig, fill: int, steps: int) -> float:
+    from agents.runner import Trainer
+    cfg = dataclasses.replace(cfg, learning_starts=fill, total_steps=fill + steps, save_replay=False,
+                              checkpoint_every=10**12, log_every=10**12,
+                              buffer_size=min(cfg.buffer_size, max(fill + steps, cfg.batch_size * 4)))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), show_progress=False)
+        trainer.train(stop_at=fill)                     # fills the replay, no updates yet
+        start_step, start = trainer.step, time.perf_counter()
+        trainer.train()                                  # the measured part: acting, stepping, learning
+        rate = (trainer.step - start_step) / (time.perf_counter() - start)
+        trainer.close()
+    return rate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("env_steps", "updates", "replay_steps", "train_steps", "fill_steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is not allowed: must be >= 1")
+    cfg = from_dict(TrainConfig, load_preset(args.preset))
+    cfg = validate_train(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
+    import torch
+    from agents.dqn import resolve_device
+    from envs import make_env
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    probe = make_env(dataclasses.replace(cfg, num_envs=1))
+    obs_shape, obs_dtype, num_actions = probe.obs_shape, probe.obs_dtype, probe.num_actions
+    probe.close()
+    device = resolve_device(cfg.device)
+    print(f"rl-bench: {args.preset} on {device} ({torch.get_num_threads()} torch threads), {cfg.num_envs} envs, "
+          f"batch {cfg.batch_size}, train_frequency {cfg.train_frequency}", file=sys.stderr)
+
+    env_rate = env_ceiling(cfg, args.env_steps)
+    update_rate = learner_ceiling(cfg, args.updates, obs_shape, num_actions, obs_dtype)
+    replay = replay_figures(cfg, args.replay_steps, obs_shape, obs_dtype, num_actions)
+    e2e = end_to_end(cfg, args.fill_steps, args.train_steps)
+    learner_steps = cfg.train_frequency * update_rate
+    bound_overlap = min(env_rate, learner_steps)
+    bound_serial = 1 / (1 / env_rate + 1 / learner_steps)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    results = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+        "config": {"preset": args.preset, "num_envs": cfg.num_envs, "batch_size": cfg.batch_size,
+                   "train_frequency": cfg.train_frequency, "precision": getattr(cfg, "precision", "fp32")},
+        "env_steps_per_s": env_rate,
+        "learner_updates_per_s": update_rate,
+        "learner_ms_per_update": 1e3 / update_rate,
+        "replay": replay,
+        "train_steps_per_s": e2e,
+        "bound_overlapped_steps_per_s": bound_overlap,
+        "bound_serial_steps_per_s": bound_serial,
+        "ratio_to_overlapped_bound": e2e / bound_overlap,
+        "ratio_to_serial_bound": e2e / bound_serial,
+        "peak_rss_bytes": peak_rss,
+    }
+    rows = [
+        ("env ceiling", f"{env_rate:,.0f} steps/s", f"{cfg.num_envs} envs, {cfg.env_threads or 'auto'} threads"),
+        ("learner ceiling", f"{update_rate:,.1f} updates/s", f"{1e3 / update_rate:.2f} ms/update = "
+                                                              f"{learner_steps:,.0f} steps/s at train_frequency {cfg.train_frequency}"),
+        ("replay insert", f"{replay['insert_per_s']:,.0f} transitions/s", ""),
+        ("replay sample", f"{replay['sample_batches_per_s']:,.0f} batches/s", f"{replay['sample_ms']:.3f} ms per batch of {cfg.batch_size}"),
+        ("replay memory", f"{replay['bytes_per_transition']:,} B/transition",
+         f"{replay['bytes_for_buffer_size'] / 1e9:.2f} GB for {cfg.buffer_size:,}"),
+        ("training", f"{e2e:,.0f} steps/s", f"after learning starts, {args.train_steps:,} steps"),
+        ("ratio to bound", f"{e2e / bound_overlap:.1%}", f"of min(env, learner) = {bound_overlap:,.0f} steps/s"),
+        ("ratio to serial", f"{e2e / bound_serial:.1%}", f"of 1/(1/env + 1/learner) = {bound_serial:,.0f} steps/s"),
+        ("peak RSS", f"{peak_rss / 2**20:,.0f} MiB", ""),
+    ]
+    width = max(len(r[1]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<16} {value:>{width}}  {note}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main, prog="rl-bench"))
+
+
+if __name__ == "__main__":
+    entry()
