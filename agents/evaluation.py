@@ -1,20 +1,34 @@
 """The evaluation protocol: full games, raw scores, a small stated epsilon, a fixed seed.
 
 Episodes are split evenly across the vector envs *before* playing (env e plays a fixed quota), so
-short games do not crowd out long ones and the mean is unbiased.
+short games do not crowd out long ones and the mean is unbiased. rl-evaluate and the periodic
+evaluation during training both go through :func:`play`, so the two cannot drift apart.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import copy
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from envs.base import VecEnv
 
 
+def quotas(episodes: int, num_envs: int) -> list[int]:
+    """Games each env plays; result index i is env-major: env 0's games first, in order."""
+    return [episodes // num_envs + (e < episodes % num_envs) for e in range(num_envs)]
+
+
+def first_games(episodes: int, num_envs: int, k: int) -> list[tuple[int, int]]:
+    """The ``(env, episode)`` pairs behind results 0..k-1."""
+    return [(e, j) for e, q in enumerate(quotas(episodes, num_envs)) for j in range(q)][:k]
+
+
 def evaluate(agent, env: VecEnv, episodes: int, epsilon: float) -> dict[str, Any]:
     n = env.num_envs
-    quota = np.array([episodes // n + (e < episodes % n) for e in range(n)])
+    quota = quotas(episodes, n)
     returns: list[list[float]] = [[] for _ in range(n)]
     lengths: list[list[int]] = [[] for _ in range(n)]
     obs = env.reset()
@@ -26,7 +40,7 @@ def evaluate(agent, env: VecEnv, episodes: int, epsilon: float) -> dict[str, Any
                 lengths[e].append(length)
         obs = step.obs
     flat = np.array([r for rs in returns for r in rs], dtype=np.float64)
-    return {
+    results = {
         "episodes": int(len(flat)),
         "mean": float(flat.mean()),
         "std": float(flat.std()),
@@ -35,5 +49,64 @@ def evaluate(agent, env: VecEnv, episodes: int, epsilon: float) -> dict[str, Any
         "max": float(flat.max()),
         "returns": flat.tolist(),
         "lengths": [int(x) for ls in lengths for x in ls],
-        "protocol": {"epsilon": epsilon, "seed": env.seed, **env.protocol},
+        "protocol": {"epsilon": epsilon, "seed": env.seed, "episodes": episodes, **env.protocol},
     }
+    if "game" in env.protocol:
+        from envs.atari import human_normalized
+        hns = human_normalized(env.protocol["game"], results["mean"])
+        if hns is not None:
+            results["human_normalized"] = hns
+    return results
+
+
+def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: float, seed: int, num_envs: int,
+         video: Path | None = None, video_episodes: int | None = None) -> dict[str, Any]:
+    """Evaluate ``agent_for(env)`` on a fresh env (``evaluation=True``, its own ``seed``), optionally
+    filming the first ``video_episodes`` games (default: all) to ``video``.
+
+    The agent is used through a shallow copy with its own RNG, so evaluating in the middle of training
+    never moves the training's exploration stream; its network is in eval mode while playing.
+    """
+    from envs import make_env
+
+    num_envs = min(num_envs, episodes)
+    recorder = None
+    with contextlib.ExitStack() as cleanup:
+        env = make_env(cfg, num_envs=num_envs, seed=seed, evaluation=True)
+        cleanup.callback(env.close)
+        if video is not None:
+            from envs.video import EpisodeRecorder, FilmedEnv, camera_for
+            camera = camera_for(env)
+            cleanup.callback(camera.close)
+            recorder = EpisodeRecorder(video, first_games(episodes, num_envs, video_episodes or episodes), camera.fps)
+            cleanup.callback(recorder.close)               # drops the scratch files if play fails
+            env = FilmedEnv(env, camera, recorder)
+        agent = agent_for(env)
+        player = copy.copy(agent)
+        player.rng = np.random.default_rng(seed)
+        cleanup.callback(agent.q.train, agent.q.training)
+        agent.q.eval()
+        results = evaluate(player, env, episodes, epsilon)
+        if recorder is not None:
+            frames = recorder.save()
+            results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}
+    return results
+
+
+def protocol_line(results: dict[str, Any]) -> str:
+    """What was played, so a score is never quoted without its protocol."""
+    p = results["protocol"]
+    atari = "game" in p
+    line = (f"protocol: {p.get('game') or p.get('task')}, {results['episodes']} full games, "
+            f"epsilon {p['epsilon']}, seed {p['seed']}")
+    if atari:
+        line += (f", sticky actions {p['sticky_action_prob']}, at most {p['max_episode_frames']} frames/game, "
+                 f"raw (unclipped) score")
+    return line
+
+
+def score_line(results: dict[str, Any]) -> str:
+    hns = results.get("human_normalized")
+    return (f"return: {results['mean']:.2f} ± {results['std']:.2f}  median {results['median']:.1f}  "
+            f"min {results['min']:.1f}  max {results['max']:.1f}"
+            + (f"  human-normalized {hns:.3f}" if hns is not None else ""))

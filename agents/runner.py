@@ -20,11 +20,16 @@ import numpy as np
 import torch
 
 from agents.dqn import DQNAgent, resolve_device
-from envs import make_env
+from agents.evaluation import play, protocol_line, score_line
+from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
-from rl.logging import Logger, Progress, RateMeter
+from rl.logging import Logger, Progress, RateMeter, process_identity
 from rl.replay import ReplayBuffer, ReplaySpec
+
+
+EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
+TENSORBOARD_VIDEO_SECONDS = 20     # TensorBoard gets the start of the filmed game; RUN_DIR/videos all of it
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,11 +93,13 @@ class Trainer:
         self.refill_until = 0         # after a resume without replay: no updates before this step
         self.skipped_updates = 0      # updates owed while there was nothing to learn from
         self.resume_note = ""
+        self.check_extras(cfg)
 
     # --- run directory ----------------------------------------------------------------------
     @staticmethod
     def prepare_run_dir(run_dir: Path, cfg: TrainConfig, preset: str | None) -> None:
         """Create a new run directory and write its config; refuse to touch an existing run."""
+        Trainer.check_extras(cfg)
         if (run_dir / "config.toml").exists():
             raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; continue it with "
                               f"--resume {run_dir} or choose another --run-dir")
@@ -107,7 +114,8 @@ class Trainer:
     def _write_status(self, status: str) -> None:
         info = {"preset": self.preset, "env": self.cfg.env, "status": status, "step": self.step,
                 "total_steps": self.cfg.total_steps, "episodes": self.episodes,
-                "wall_time": round(self.wall_time, 1), "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "wall_time": round(self.wall_time, 1), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **process_identity()}               # lets rl-runs tell a dead "running" run from a live one
         try:
             ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
         except OSError as exc:
@@ -168,6 +176,52 @@ class Trainer:
             self.resume_note = (f"no replay saved with this checkpoint: refilling {self.cfg.learning_starts} "
                                 f"steps before updates resume")
 
+    # --- diagnostics and periodic evaluation --------------------------------------------------
+    @staticmethod
+    def check_extras(cfg: TrainConfig) -> None:
+        """Refuse, before any work, a config that needs an optional package that is missing."""
+        if cfg.eval_video:
+            from envs.video import require_video
+            require_video("eval_video = true", control=not is_atari(cfg.env))
+
+    def _log_diagnostics(self, logger: Logger, metrics: dict[str, torch.Tensor]) -> None:
+        """At log time only (one host copy each): histograms of Q(s, .) over the envs' current states and of
+        the last update's TD errors, and how full the replay is."""
+        with torch.no_grad():
+            q = self.agent.q(torch.as_tensor(self.obs, device=self.device))
+        logger.histogram("histograms/q_values", q, self.step)
+        if "td_error" in metrics:
+            logger.histogram("histograms/td_error", metrics["td_error"], self.step)
+        logger.scalars({"charts/replay_fill": len(self.replay) / self.cfg.buffer_size}, self.step)
+
+    def evaluate(self, logger: Logger, progress: Progress | None = None) -> dict[str, Any]:
+        """Score the current network with rl-evaluate's protocol on its own env and seed; log eval/* to
+        TensorBoard and append the results to evaluations.jsonl, which rl-runs reads."""
+        cfg = self.cfg
+        video = self.run_dir / "videos" / f"eval_step_{self.step}.mp4" if cfg.eval_video else None
+        try:
+            results = play(lambda env: self.agent, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon,
+                           seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, video=video, video_episodes=1)
+            results["step"] = self.step
+            if video is not None:
+                results["video"]["path"] = str(video.relative_to(self.run_dir))    # the run dir may move
+            with open(self.run_dir / "evaluations.jsonl", "a") as f:
+                f.write(json.dumps(results) + "\n")
+            if video is not None:
+                from envs.video import encode_gif, read_frames
+                clip = read_frames(video, limit=int(TENSORBOARD_VIDEO_SECONDS * results["video"]["fps"]))
+                logger.video("eval/video", encode_gif(clip, results["video"]["fps"]), *clip.shape[1:3], self.step)
+        except OSError as exc:
+            raise RunDirError(f"cannot write the evaluation at step {self.step} in {self.run_dir}: "
+                              f"{exc.strerror or exc}; earlier checkpoints are intact") from None
+        values = {"eval/mean_return": results["mean"], "eval/std_return": results["std"]}
+        if "human_normalized" in results:
+            values["eval/human_normalized"] = results["human_normalized"]
+        logger.scalars(values, self.step)
+        if progress is not None:
+            progress.write(f"eval at step {self.step:,}: {score_line(results)}\n  {protocol_line(results)}")
+        return results
+
     # --- the loop -------------------------------------------------------------------------
     def train(self, stop_at: int | None = None) -> str:
         """Run until total_steps, a stop request, or ``stop_at`` agent steps. Returns "finished" or "stopped"."""
@@ -177,6 +231,7 @@ class Trainer:
         logger = Logger(self.run_dir, purge_step=self.step if self.step else None)
         if self.step == 0:
             logger.text("config", "```\n" + dumps_toml(dataclasses.asdict(cfg)) + "```")
+            logger.graph(self.agent.q, torch.as_tensor(self.obs[:1], device=self.device))
         progress = Progress(cfg.total_steps, initial=self.step, disable=self.show_progress is False or None)
         self._write_status("running")
         try:
@@ -198,6 +253,7 @@ class Trainer:
         rate = RateMeter(self.step)
         next_log = (self.step // cfg.log_every + 1) * cfg.log_every
         next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
         metrics: dict[str, torch.Tensor] = {}
         started = time.perf_counter()
         status = "finished"
@@ -238,6 +294,12 @@ class Trainer:
                         values.update({f"losses/{k}": v for k, v in host.items()})
                         values["charts/updates"] = agent.updates
                     logger.scalars(values, self.step)
+                    self._log_diagnostics(logger, metrics)
+                if self.step >= next_eval:
+                    next_eval += cfg.eval_every
+                    paused = time.perf_counter()
+                    self.evaluate(logger, progress)
+                    rate.last_time += time.perf_counter() - paused  # SPS counts training time only
                 if self.step >= next_checkpoint:
                     next_checkpoint += cfg.checkpoint_every
                     self.wall_time += time.perf_counter() - started

@@ -105,6 +105,12 @@ class TrainConfig:
     checkpoint_every: int = setting(250_000, "agent steps between periodic checkpoints", low=1)
     keep_checkpoints: int = setting(3, "periodic checkpoints kept besides latest.pt", low=0)
     save_replay: bool = setting(True, "save the replay buffer with each checkpoint for an exact resume")
+    # evaluation during training: rl-evaluate's protocol on a separate env and seed
+    eval_every: int = setting(0, "agent steps between evaluations (0 = off)", low=0)
+    eval_episodes: int = setting(10, "full games per evaluation, raw scores", low=1, high=10_000)
+    eval_epsilon: float = setting(0.05, "exploration rate while evaluating", low=0.0, high=1.0)
+    eval_video: bool = setting(False, "film one game per evaluation into RUN_DIR/videos and TensorBoard "
+                                      "(needs the video extra)")
 
 
 def field_specs(cls) -> dict[str, dataclasses.Field]:

@@ -1,7 +1,11 @@
-"""TensorBoard scalars under stable, namespaced names, and a terminal progress bar."""
+"""TensorBoard scalars under stable, namespaced names, a terminal progress bar, and the identity of
+the training process (so a run whose process died can be told from a running one)."""
 from __future__ import annotations
 
+import os
+import socket
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,11 +33,62 @@ class Logger:
     def histogram(self, name: str, values, step: int) -> None:
         self.writer.add_histogram(name, values, step)
 
+    def video(self, name: str, gif: bytes, height: int, width: int, step: int) -> None:
+        """An animated GIF as an image summary, exactly what ``add_video`` writes. add_video itself needs
+        ``moviepy.editor``, which moviepy 2 removed, so the caller encodes the GIF (Pillow)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, image=image)]), step)
+
+    def graph(self, model, example) -> None:
+        """The network graph, traced once on an example input. A diagnostic: a network that cannot be
+        traced is skipped with a warning instead of stopping the run."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace")  # deprecated, still what add_graph uses
+            try:
+                self.writer.add_graph(model, example)
+            except RuntimeError as exc:
+                warnings.warn(f"network graph not logged: {str(exc).splitlines()[0]}", stacklevel=2)
+
     def flush(self) -> None:
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def process_identity() -> dict[str, Any]:
+    """pid, host and start time of this process: with the start time a reused pid (after a crash or a
+    container restart) is not mistaken for the training."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": _proc_stat(os.getpid())[1]}
+
+
+def _proc_stat(pid: int) -> tuple[str | None, int | None]:
+    """Linux: (state, start time in clock ticks after boot) from /proc/PID/stat; (None, None) elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None, None
+    return fields[0], int(fields[19])          # fields 3 and 22 of proc(5); the name before ")" may hold spaces
+
+
+def process_alive(info: Mapping[str, Any]) -> bool | None:
+    """Whether the process that :func:`process_identity` described still runs; None when that cannot be
+    told from here (it ran on another host, or nothing was recorded)."""
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass                                   # exists, owned by another user
+    state, started = _proc_stat(pid)
+    if state == "Z":
+        return False                           # exited, not yet reaped by its parent
+    return started is None or info.get("pid_start") in (None, started)
 
 
 class Progress:

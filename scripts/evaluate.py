@@ -1,6 +1,7 @@
 """rl-evaluate: play full games with a saved agent and report raw scores.
 
     rl-evaluate runs/cp/checkpoints/latest.pt --episodes 20 --json results.json
+    rl-evaluate runs/bo/checkpoints/latest.pt --episodes 10 --video games.mp4 --video-episodes 3
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--num-envs", type=int, default=None, help="parallel games (default: min(episodes, 8))")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--video", type=Path, metavar="PATH", help="also write the games, full-size RGB, one after "
+                        "another: MP4, or GIF when PATH ends in .gif (needs the video extra)")
+    parser.add_argument("--video-episodes", type=int, metavar="K", help="film only the first K games (default: all)")
     return parser
 
 
@@ -34,11 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--num-envs {args.num_envs} is not allowed: must be >= 1")
     if not 0 <= args.seed < 2**31:
         raise ConfigError(f"--seed {args.seed} is not allowed: must be in [0, 2^31)")
+    if args.video_episodes is not None:
+        if args.video is None:
+            raise ConfigError("--video-episodes needs --video PATH")
+        if not 1 <= args.video_episodes <= args.episodes:
+            raise ConfigError(f"--video-episodes {args.video_episodes} is not allowed: "
+                              f"must be between 1 and --episodes ({args.episodes})")
 
     from agents.dqn import DQNAgent, resolve_device
-    from agents.evaluation import evaluate
-    from envs import is_atari, make_env
-    from envs.atari import human_normalized
+    from agents.evaluation import play, protocol_line, score_line
+    from envs import is_atari
     from rl import checkpoint as ckpt
     from rl.config import TrainConfig, from_dict
 
@@ -48,27 +57,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = from_dict(TrainConfig, payload["config"])
     except ckpt.CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    num_envs = args.num_envs or min(args.episodes, 8)
-    env = make_env(cfg, num_envs=num_envs, seed=args.seed, evaluation=True)
-    agent = DQNAgent(cfg, env.obs_shape, env.num_actions, device)
-    agent.load_state_dict({"q": payload["agent"]["q"], "target": payload["agent"]["q"]})
-    agent.q.eval()
-    agent.rng = __import__("numpy").random.default_rng(args.seed)
-    try:
-        results = evaluate(agent, env, args.episodes, args.epsilon)
-    finally:
-        env.close()
+    if args.video is not None:
+        from envs.video import require_video, video_format
+        video_format(args.video)
+        require_video("--video", control=not is_atari(cfg.env))
+        try:
+            args.video.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--video {str(args.video)!r}: cannot create its directory: {exc.strerror}") from None
+
+    def saved_agent(env):
+        agent = DQNAgent(cfg, env.obs_shape, env.num_actions, device)
+        agent.load_state_dict({"q": payload["agent"]["q"], "target": payload["agent"]["q"]})
+        return agent
+
+    results = play(saved_agent, cfg, episodes=args.episodes, epsilon=args.epsilon, seed=args.seed,
+                   num_envs=args.num_envs or 8, video=args.video, video_episodes=args.video_episodes)
     results["checkpoint"] = str(args.checkpoint)
-    hns = human_normalized(cfg.env, results["mean"]) if is_atari(cfg.env) else None
-    if hns is not None:
-        results["human_normalized"] = hns
-    proto = results["protocol"]
-    print(f"protocol: {cfg.env}, {results['episodes']} full games, epsilon {args.epsilon}, seed {args.seed}"
-          + (f", sticky actions {proto['sticky_action_prob']}, at most {proto['max_episode_frames']} frames/game, "
-             f"raw (unclipped) score" if is_atari(cfg.env) else ""))
-    print(f"return: {results['mean']:.2f} ± {results['std']:.2f}  median {results['median']:.1f}  "
-          f"min {results['min']:.1f}  max {results['max']:.1f}"
-          + (f"  human-normalized {hns:.3f}" if hns is not None else ""))
+    print(protocol_line(results))
+    print(score_line(results))
+    if args.video is not None:
+        v = results["video"]
+        print(f"video: {args.video} (first {v['episodes']} of the games above, {sum(v['frames'])} raw RGB frames "
+              f"at {v['fps']:g} fps; frames per game {v['frames']})")
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

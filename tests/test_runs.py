@@ -1,0 +1,120 @@
+"""rl-runs: one row per run with progress, evaluation scores and a status that tells a live run from one
+whose process died."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rl.config import run_cli
+from scripts import runs as runs_cli
+from scripts import train as train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--no-progress", "--torch-threads", "1", "--no-save-replay"]
+
+
+def rl_runs(capsys, *argv) -> dict[str, dict[str, str]]:
+    """rl-runs' table, parsed back into {run: {column: cell}} (cells are separated by 2+ spaces)."""
+    capsys.readouterr()
+    assert run_cli(runs_cli.main, list(argv)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    starts = [lines[0].index(c) for c in runs_cli.COLUMNS]
+    bounds = list(zip(starts, starts[1:] + [None]))
+    return {row["run"]: row for row in
+            ({c: line[a:b].strip() for c, (a, b) in zip(runs_cli.COLUMNS, bounds)} for line in lines[1:])}
+
+
+def edit_status(run_dir: Path, **changes) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, **changes}))
+
+
+def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
+    root = tmp_path / "runs"
+    common = ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "200", "--eval-every", "400",
+              "--eval-episodes", "2", *QUIET]
+    assert run_cli(train_cli.main, [*common, "--run-dir", str(root / "done")]) == 0
+    assert run_cli(train_cli.main, [*common, "--run-dir", str(root / "sweep" / "paused"), "--stop-at", "400"]) == 0
+    shutil.copytree(root / "done", root / "broken")
+    edit_status(root / "broken", status="failed")
+    shutil.copytree(root / "done", root / "elsewhere")
+    edit_status(root / "elsewhere", status="running", host="another-machine")
+    (root / "fresh").mkdir()
+    shutil.copy(root / "done" / "config.toml", root / "fresh")           # made, never started
+
+    rows = rl_runs(capsys, str(root))
+    assert list(rows) == ["broken", "done", "elsewhere", "fresh", "sweep/paused"]
+    evals = [json.loads(line) for line in (root / "done" / "evaluations.jsonl").read_text().splitlines()]
+    best = max(evals, key=lambda r: r["mean"])
+    assert rows["done"] == {"run": "done", "preset": "cartpole", "env": "cartpole", "steps": "800/800",
+                            "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
+                            "best hns": "-", "wall time": rows["done"]["wall time"], "status": "finished"}
+    assert rows["done"]["wall time"].endswith("s")
+    assert rows["sweep/paused"]["status"] == "stopped" and rows["sweep/paused"]["steps"] == "400/800"
+    assert rows["broken"]["status"] == "failed"
+    assert rows["elsewhere"]["status"] == "running?"                      # cannot check another host's pid
+    assert rows["fresh"]["status"] == "new" and rows["fresh"]["last eval"] == "-"
+    assert rows["fresh"]["steps"] == "0/800"
+
+
+def test_killed_training_shows_as_interrupted(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.train", "--preset", "cartpole", "--total-steps",
+                             "10000000", "--run-dir", str(run_dir), *QUIET], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "run.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["pid"] == proc.pid and info["status"] == "running"
+        assert rl_runs(capsys, str(tmp_path / "runs"))["killed"]["status"] == "running"
+    finally:
+        proc.kill()                                                       # SIGKILL: no chance to write a status
+        proc.wait()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    assert rl_runs(capsys, str(tmp_path / "runs"))["killed"]["status"] == "interrupted"
+
+
+def test_reused_pid_is_not_mistaken_for_the_run(tmp_path, capsys):
+    """A pid alive now but started at another time (reused after a crash) is not the training."""
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.toml").write_text('env = "cartpole"\ntotal_steps = 100\n')
+    from rl.logging import process_identity
+    me = process_identity()
+    (run / "run.json").write_text(json.dumps({"status": "running", "step": 50, **me}))
+    assert rl_runs(capsys, str(tmp_path))["old"]["status"] == "running"
+    if me["pid_start"] is not None:
+        (run / "run.json").write_text(json.dumps({"status": "running", "step": 50, **me,
+                                                  "pid_start": me["pid_start"] - 1}))
+        assert rl_runs(capsys, str(tmp_path))["old"]["status"] == "interrupted"
+
+
+def test_evaluations_survive_torn_lines_and_resumes(tmp_path):
+    lines = [{"step": 100, "mean": 1.0}, {"step": 200, "mean": 5.0}, {"step": 200, "mean": 4.0}]
+    (tmp_path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3')
+    assert runs_cli.read_evaluations(tmp_path) == [{"step": 100, "mean": 1.0}, {"step": 200, "mean": 4.0}]
+
+
+@pytest.mark.parametrize("n, shown", [(0, "0"), (800, "800"), (2400, "2.4k"), (250_000, "250k"),
+                                      (1_234_567, "1.23M"), (10_000_000, "10M")])
+def test_step_counts_read_at_a_glance(n, shown):
+    assert runs_cli.count(n) == shown
+
+
+def test_missing_or_empty_dir(tmp_path, capsys):
+    assert run_cli(runs_cli.main, [str(tmp_path / "nope")], prog="rl-runs") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rl-runs: error: DIR") and "nope" in err[0]
+    assert run_cli(runs_cli.main, [str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"no runs under {tmp_path}"

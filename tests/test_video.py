@@ -1,0 +1,216 @@
+"""See what the agent does: the RGB twin plays the very same games, rl-evaluate --video writes MP4 and
+GIF files that decode back frame for frame, and periodic evaluation reaches TensorBoard and
+evaluations.jsonl without touching the training itself."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from envs.atari import AtariEnv
+from envs.control import ControlEnv
+from envs.video import AtariCamera, ControlCamera, FilmedEnv, gif_delay_ms
+from rl import checkpoint as ckpt
+from rl.config import run_cli
+from scripts import evaluate as evaluate_cli
+from scripts import train as train_cli
+
+QUIET = ["--no-progress", "--torch-threads", "1", "--no-save-replay"]
+
+
+class LastFrames:
+    """A recorder that keeps each env's newest frame and counts finished games."""
+
+    def __init__(self):
+        self.current, self.ended = {}, 0
+
+    def frame(self, env, episode, frame):
+        self.current[env] = frame
+
+    def end(self, env, episode):
+        self.ended += 1
+
+
+def as_agent_frame(rgb: np.ndarray) -> np.ndarray:
+    """Roughly what ALE hands the agent: luminance, shrunk to 84x84."""
+    return np.asarray(Image.fromarray(rgb).convert("L").resize((84, 84), Image.BILINEAR), np.float64)
+
+
+def test_atari_rgb_twin_plays_the_same_game():
+    """Same seeds and actions, sticky actions on: rewards and game ends agree at every step (FilmedEnv
+    raises otherwise) and every colour frame is the agent's own frame in colour."""
+    env = AtariEnv("breakout", 3, seed=5, num_threads=1, sticky_action_prob=0.25, max_episode_frames=800,
+                   life_loss_terminal=False)
+    recorder = LastFrames()
+    filmed = FilmedEnv(env, AtariCamera(env.protocol, 3), recorder)
+    rng = np.random.default_rng(0)
+    try:
+        filmed.reset()
+        rewards, correlations = 0.0, []
+        for t in range(400):
+            step = filmed.step(rng.integers(0, env.num_actions, 3))
+            rewards += step.reward.sum()
+            if t % 20 == 0 or step.episode_end.any():
+                for e in range(3):
+                    rgb = recorder.current[e]
+                    assert rgb.shape == (210, 160, 3)
+                    correlations.append(np.corrcoef(as_agent_frame(rgb).ravel(), step.obs[e, -1].ravel())[0, 1])
+    finally:
+        filmed.close()
+    assert recorder.ended >= 3 and rewards > 0          # resets and scoring were both exercised
+    assert min(correlations) > 0.99, min(correlations)
+
+
+@pytest.mark.parametrize("seed_offset", [0, 1], ids=["same-seeds", "other-seeds"])
+def test_control_twin_in_step_and_drift_is_caught(seed_offset):
+    env = ControlEnv("cartpole", 2, seed=3)
+    camera = ControlCamera(env.protocol, 2)
+    reset = camera.reset
+    camera.reset = lambda seeds, mask: reset(seeds + seed_offset, mask)
+    recorder = LastFrames()
+    filmed = FilmedEnv(env, camera, recorder)
+    rng = np.random.default_rng(0)
+    try:
+        filmed.reset()
+        if seed_offset:
+            with pytest.raises(RuntimeError, match="out of step"):
+                for _ in range(300):
+                    filmed.step(rng.integers(0, 2, 2))
+        else:
+            for _ in range(300):
+                filmed.step(rng.integers(0, 2, 2))
+            assert recorder.ended >= 4 and recorder.current[0].shape == (400, 600, 3)
+    finally:
+        filmed.close()
+
+
+@pytest.fixture(scope="module")
+def breakout_run(tmp_path_factory) -> Path:
+    """A 400-step Breakout run with one filmed evaluation; games end after 150 agent steps."""
+    run_dir = tmp_path_factory.mktemp("video") / "breakout"
+    code = run_cli(train_cli.main, ["--total-steps", "400", "--learning-starts", "200", "--buffer-size", "2000",
+                                    "--num-envs", "4", "--max-episode-frames", "600", "--log-every", "200",
+                                    "--eval-every", "400", "--eval-episodes", "2", "--eval-video",
+                                    "--run-dir", str(run_dir), *QUIET])
+    assert code == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def cartpole_checkpoint(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("video") / "cartpole"
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "400", "--learning-starts", "200",
+                                    "--run-dir", str(run_dir), *QUIET]) == 0
+    return run_dir / "checkpoints" / "latest.pt"
+
+
+def gif_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """Frames a GIF plays for: Pillow merges identical neighbours into one longer frame."""
+    with Image.open(path) as im:
+        delay, total = gif_delay_ms(15.0), 0
+        for i in range(im.n_frames):
+            im.seek(i)
+            total += im.info["duration"]
+        return total // delay, im.size
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_evaluate_writes_playable_video(breakout_run, tmp_path, capsys, suffix):
+    video, out = tmp_path / f"games{suffix}", tmp_path / "results.json"
+    code = run_cli(evaluate_cli.main, [str(breakout_run / "checkpoints" / "latest.pt"), "--episodes", "3",
+                                       "--video", str(video), "--video-episodes", "2", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    expected = results["lengths"][0] + results["lengths"][1] + 2        # each game: first frame + one per step
+    assert results["video"]["frames"] == [results["lengths"][0] + 1, results["lengths"][1] + 1]
+    if suffix == ".mp4":
+        frames = iio.imread(video, plugin="FFMPEG", index=None)
+        assert frames.shape == (expected, 210, 160, 3)
+    else:
+        assert gif_frames(video) == (expected, (160, 210))
+    for shown in (f"video: {video}", "3 full games", "epsilon 0.05", "seed 12345", "sticky actions 0.0",
+                  "at most 600 frames/game"):
+        assert shown in printed
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # scratch segments cleaned up
+
+
+def test_evaluate_control_gif_defaults_to_all_games(cartpole_checkpoint, tmp_path, capsys):
+    video, out = tmp_path / "cartpole.gif", tmp_path / "results.json"
+    assert run_cli(evaluate_cli.main, [str(cartpole_checkpoint), "--episodes", "3", "--video", str(video),
+                                       "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["video"]["episodes"] == 3 and results["video"]["fps"] == 50
+    with Image.open(video) as im:
+        assert im.size == (600, 400)
+        assert sum((im.seek(i), im.info["duration"])[1] for i in range(im.n_frames)) == \
+            (sum(results["lengths"]) + 3) * gif_delay_ms(50)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "x.avi"], "must end in .mp4 or .gif"),
+    (["--video-episodes", "2"], "--video-episodes needs --video"),
+    (["--video", "x.mp4", "--video-episodes", "5", "--episodes", "3"], "between 1 and --episodes (3)"),
+])
+def test_evaluate_video_bad_input(cartpole_checkpoint, tmp_path, capsys, args, message):
+    args = [a.replace("x.", str(tmp_path / "x.")) for a in args]
+    assert run_cli(evaluate_cli.main, [str(cartpole_checkpoint), *args], prog="rl-evaluate") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("missing, package", [("imageio", "imageio"), ("imageio_ffmpeg", "imageio-ffmpeg"),
+                                              ("PIL", "pillow"), ("pygame", "pygame")])
+def test_missing_video_extra_is_one_line_exit_2(cartpole_checkpoint, tmp_path, capsys, monkeypatch, missing, package):
+    monkeypatch.setitem(sys.modules, missing, None)                      # import now raises ImportError
+    video = tmp_path / "x.mp4"
+    assert run_cli(evaluate_cli.main, [str(cartpole_checkpoint), "--video", str(video)], prog="rl-evaluate") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'rl-dqn[video]'" in err[0] and f"({package} is not" in err[0], err
+    assert not video.exists()
+    run_dir = tmp_path / "run"
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--eval-video", "--run-dir", str(run_dir)]) == 2
+    assert "eval_video = true needs the video extra" in capsys.readouterr().err
+    assert not run_dir.exists()                                          # refused before any work
+
+
+def test_periodic_evaluation_in_tensorboard_and_jsonl(breakout_run):
+    records = [json.loads(line) for line in (breakout_run / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [400]
+    record = records[0]
+    assert record["episodes"] == 2 and record["protocol"]["epsilon"] == 0.05
+    assert record["protocol"]["seed"] != 1                                 # not the training seed
+    acc = EventAccumulator(str(breakout_run), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for name, key in (("mean_return", "mean"), ("std_return", "std"), ("human_normalized", "human_normalized")):
+        (event,) = acc.Scalars(f"eval/{name}")
+        assert event.step == 400 and event.value == pytest.approx(record[key])
+    (image,) = acc.Images("eval/video")
+    assert image.step == 400 and image.encoded_image_string[:6] == b"GIF89a"
+    assert (image.width, image.height) == (160, 210)
+    video = breakout_run / record["video"]["path"]
+    assert video == breakout_run / "videos" / "eval_step_400.mp4"
+    assert len(iio.imread(video, plugin="FFMPEG", index=None)) == record["lengths"][0] + 1
+    assert {"histograms/q_values", "histograms/td_error"} <= set(tags["histograms"])
+    assert "charts/replay_fill" in tags["scalars"] and tags["graph"]
+
+
+def test_periodic_evaluation_leaves_training_untouched(tmp_path):
+    """Evaluation acts through its own RNG on its own env: the trained weights are bit-identical."""
+    common = ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "200", "--eval-episodes", "2",
+              *QUIET]
+    assert run_cli(train_cli.main, [*common, "--eval-every", "200", "--run-dir", str(tmp_path / "eval")]) == 0
+    assert run_cli(train_cli.main, [*common, "--eval-every", "0", "--run-dir", str(tmp_path / "plain")]) == 0
+    with_eval, without = (ckpt.load(tmp_path / run / "checkpoints" / "latest.pt")["agent"]["q"]
+                          for run in ("eval", "plain"))
+    assert all(torch.equal(with_eval[k], without[k]) for k in without)
+    assert len((tmp_path / "eval" / "evaluations.jsonl").read_text().splitlines()) == 4
+    assert not (tmp_path / "plain" / "evaluations.jsonl").exists()
