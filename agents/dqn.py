@@ -1,7 +1,9 @@
 """The DQN agent: ``act`` for training and evaluation alike, ``update`` for one gradient step.
 
-Collaborators (networks, optimizer, loss) are built here from the config, the optimizer and loss
-only through :mod:`rl.registry`. Replay and environment live outside: the agent sees numpy batches.
+Rainbow's pieces are config switches on this one agent (double, dueling, noisy, distributional,
+n-step and prioritized replay through the batch, augmentation, target mode). Collaborators are
+built here from the config, the optimizer and loss only through :mod:`rl.registry`. Replay and
+environment live outside: the agent sees numpy batches.
 """
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl.config import TrainConfig
-from rl.networks import frozen_copy, make_q_network, sync_target, use_channels_last
+from rl.config import ConfigError, TrainConfig
+from rl.networks import frozen_copy, q_network_for, random_shift, sync_target, use_channels_last
 from rl.registry import make_loss, make_optimizer
 from rl.replay import Batch
 from rl.schedules import LinearSchedule
@@ -20,9 +22,30 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from rl.config import ConfigError
         raise ConfigError("device = 'cuda' is not allowed: no CUDA device is visible; use auto or cpu")
     return torch.device(name)
+
+
+def project_distribution(next_probs: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
+                         support: torch.Tensor) -> torch.Tensor:
+    """C51's categorical projection (Bellemare et al. 2017, Algorithm 1).
+
+    Moves each atom z_j of p(s', a*) to Tz_j = r + discount * z_j, clips it to [v_min, v_max] and splits
+    its mass between the two nearest atoms. next_probs: [B, K]; reward, discount: [B]; returns m: [B, K].
+    """
+    B, K = next_probs.shape
+    v_min, v_max = support[0], support[-1]
+    dz = (v_max - v_min) / (K - 1)
+    tz = (reward[:, None] + discount[:, None] * support[None]).clamp(v_min, v_max)   # [B, K]
+    b = (tz - v_min) / dz                                                              # fractional atom index
+    lower, upper = b.floor().long(), b.ceil().long()
+    # b lands exactly on an atom: lower == upper would drop the mass, so widen to a neighbour
+    lower[(upper > 0) & (lower == upper)] -= 1
+    upper[(lower < K - 1) & (lower == upper)] += 1
+    m = torch.zeros_like(next_probs)
+    m.scatter_add_(1, lower, next_probs * (upper.float() - b))
+    m.scatter_add_(1, upper, next_probs * (b - lower.float()))
+    return m
 
 
 class DQNAgent:
@@ -31,10 +54,10 @@ class DQNAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.num_actions = num_actions
-        self.q: nn.Module = make_q_network(cfg.network, obs_shape, num_actions, cfg.hidden_sizes).to(self.device)
+        self.q: nn.Module = q_network_for(cfg, obs_shape, num_actions).to(self.device)
         if cfg.channels_last and len(obs_shape) == 3:
             use_channels_last(self.q)
-        self.target = frozen_copy(self.q)
+        self.target = self.q if cfg.target == "none" else frozen_copy(self.q)
         self.optimizer = make_optimizer(cfg.optimizer, self.q.parameters(),
                                         {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
         self.loss_fn = make_loss(cfg.loss)
@@ -54,6 +77,8 @@ class DQNAgent:
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch obs[N, *obs_shape], one forward pass."""
         x = torch.as_tensor(obs, device=self.device)
+        if self.cfg.noisy and self.q.training:
+            self.q.reset_noise()                                  # fresh exploration noise every step
         with self._autocast():
             return self.q(x).argmax(1).cpu().numpy()
 
@@ -66,6 +91,11 @@ class DQNAgent:
             return random_actions
         return np.where(explore, random_actions, self.greedy(obs))
 
+    def eval(self) -> "DQNAgent":
+        """Evaluation mode: noisy layers use their mean weights."""
+        self.q.eval()
+        return self
+
     # --- learning -------------------------------------------------------------------------
     def set_step(self, step: int) -> float:
         """Apply the learning-rate schedule for agent step ``step``; returns the rate."""
@@ -76,30 +106,61 @@ class DQNAgent:
 
     def _to_device(self, batch: Batch):
         d = self.device
-        return (torch.as_tensor(batch.obs, device=d), torch.as_tensor(batch.action, device=d),
-                torch.as_tensor(batch.reward, device=d), torch.as_tensor(batch.discount, device=d),
-                torch.as_tensor(batch.next_obs, device=d), torch.as_tensor(batch.weight, device=d))
+        obs, next_obs = torch.as_tensor(batch.obs, device=d), torch.as_tensor(batch.next_obs, device=d)
+        if self.cfg.augmentation:
+            obs, next_obs = random_shift(obs, self.cfg.aug_pad), random_shift(next_obs, self.cfg.aug_pad)
+        return (obs, torch.as_tensor(batch.action, device=d), torch.as_tensor(batch.reward, device=d),
+                torch.as_tensor(batch.discount, device=d), next_obs, torch.as_tensor(batch.weight, device=d))
+
+    def _next_action(self, next_obs: torch.Tensor, next_q_target: torch.Tensor) -> torch.Tensor:
+        """a* = argmax_a Q(s', a): by the online net for Double DQN, else by the target net. [B, 1]"""
+        if self.cfg.double and self.target is not self.q:
+            return self.q(next_obs).argmax(1, keepdim=True)
+        return next_q_target.argmax(1, keepdim=True)
 
     def td_target(self, reward: torch.Tensor, discount: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        """y = R^(n) + gamma^n (1 - done) Q_target(s', a*); a* from the online net when ``double``."""
+        """y = R^(n) + gamma^n (1 - done) Q_target(s', a*)."""
         with torch.no_grad(), self._autocast():
             next_q_target = self.target(next_obs).float()                         # [B, A]
-            if self.cfg.double:
-                best = self.q(next_obs).argmax(1, keepdim=True)                   # a* = argmax_a Q_online(s', a)
-            else:
-                best = next_q_target.argmax(1, keepdim=True)                      # a* = argmax_a Q_target(s', a)
+            best = self._next_action(next_obs, next_q_target)
             next_q = next_q_target.gather(1, best).squeeze(1)                     # [B]
             return reward + discount * next_q                                      # discount = gamma^n (1 - done)
 
+    def distributional_target(self, reward, discount, next_obs) -> torch.Tensor:
+        """m = Proj(R^(n) + gamma^n (1 - done) z) under p_target(s', a*). [B, K]"""
+        with torch.no_grad(), self._autocast():
+            next_probs = self.target.dist(next_obs).float().softmax(-1)           # [B, A, K]
+            next_q_target = (next_probs * self.target.support).sum(-1)            # [B, A]
+            best = self._next_action(next_obs, next_q_target)                     # [B, 1]
+            p_best = next_probs.gather(1, best[:, :, None].expand(-1, 1, next_probs.shape[-1])).squeeze(1)
+            return project_distribution(p_best, reward, discount, self.target.support)
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient step on ``batch``. Returns detached tensors (no host sync here)."""
+        """One gradient step on ``batch``. Returns detached tensors (no host sync here); ``priority`` is the
+        per-sample |TD error| (or distributional loss) for prioritized replay."""
         obs, action, reward, discount, next_obs, weight = self._to_device(batch)
-        target = self.td_target(reward, discount, next_obs)
-        with self._autocast():
-            q_all = self.q(obs).float()                                            # [B, A]
-        q_taken = q_all.gather(1, action.unsqueeze(1)).squeeze(1)                  # Q(s, a)
-        per_sample = self.loss_fn(q_taken, target, reduction="none")               # [B]
-        loss = (weight * per_sample).mean()
+        if self.cfg.noisy:
+            self.q.reset_noise()
+            if self.target is not self.q:
+                self.target.reset_noise()
+        if self.cfg.distributional:
+            target = self.distributional_target(reward, discount, next_obs)       # [B, K]
+            with self._autocast():
+                logits = self.q.dist(obs).float()                                  # [B, A, K]
+            taken = logits[torch.arange(len(action), device=self.device), action]  # [B, K]
+            per_sample = self.loss_fn(taken, target, reduction="none")             # cross-entropy to m
+            q_taken = (taken.softmax(-1) * self.q.support).sum(-1)
+            td_error = (target * self.q.support).sum(-1) - q_taken
+            priority = per_sample.detach()
+        else:
+            target = self.td_target(reward, discount, next_obs)                    # [B]
+            with self._autocast():
+                q_all = self.q(obs).float()                                        # [B, A]
+            q_taken = q_all.gather(1, action.unsqueeze(1)).squeeze(1)              # Q(s, a)
+            per_sample = self.loss_fn(q_taken, target, reduction="none")           # [B]
+            td_error = (target - q_taken).detach()
+            priority = td_error.abs()
+        loss = (weight * per_sample).mean()                                        # importance-weighted
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.max_grad_norm > 0:
@@ -108,10 +169,10 @@ class DQNAgent:
             grad_norm = torch.zeros((), device=self.device)
         self.optimizer.step()
         self.updates += 1
-        if self.cfg.tau < 1.0:
+        if self.cfg.target == "polyak":
             sync_target(self.target, self.q, self.cfg.tau)
         return {"td_loss": loss.detach(), "q_values": q_taken.detach().mean(), "grad_norm": grad_norm.detach(),
-                "td_error": (target - q_taken).detach()}
+                "td_error": td_error.detach(), "priority": priority}
 
     def sync_target(self) -> None:
         sync_target(self.target, self.q, 1.0)
@@ -123,7 +184,8 @@ class DQNAgent:
 
     def load_state_dict(self, state: dict) -> None:
         self.q.load_state_dict(state["q"])
-        self.target.load_state_dict(state["target"])
+        if self.target is not self.q:
+            self.target.load_state_dict(state.get("target", state["q"]))
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state.get("updates", 0))

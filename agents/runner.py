@@ -25,7 +25,8 @@ from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
 from rl.logging import Logger, Progress, RateMeter, process_identity
-from rl.replay import ReplayBuffer, ReplaySpec
+from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
+from rl.schedules import LinearSchedule
 
 
 EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
@@ -80,10 +81,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg)
         self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
-        self.replay = ReplayBuffer(ReplaySpec(
-            capacity=cfg.buffer_size, num_envs=cfg.num_envs, obs_shape=self.env.obs_shape,
-            obs_dtype=self.env.obs_dtype, stack=cfg.frame_stack if len(self.env.obs_shape) == 3 else 1,
-            n_step=cfg.n_step, gamma=cfg.gamma, num_actions=self.env.num_actions), seed=cfg.seed)
+        spec = ReplaySpec(capacity=cfg.buffer_size, num_envs=cfg.num_envs, obs_shape=self.env.obs_shape,
+                          obs_dtype=self.env.obs_dtype, stack=cfg.frame_stack if len(self.env.obs_shape) == 3 else 1,
+                          n_step=cfg.n_step, gamma=cfg.gamma, num_actions=self.env.num_actions)
+        if cfg.prioritized:
+            self.replay = PrioritizedReplayBuffer(spec, seed=cfg.seed, alpha=cfg.priority_alpha, eps=cfg.priority_eps)
+        else:
+            self.replay = ReplayBuffer(spec, seed=cfg.seed)
+        self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
         self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.step = 0                 # agent steps taken, all envs together
         self.episodes = 0             # full games finished
@@ -268,9 +273,14 @@ class Trainer:
                     self.skipped_updates += due - agent.updates     # nothing to learn from yet: forgive them
                 else:
                     while agent.updates < due:
-                        metrics = agent.update(replay.sample(cfg.batch_size))
+                        if cfg.prioritized:
+                            batch = replay.sample(cfg.batch_size, beta=self.beta(self.step))
+                            metrics = agent.update(batch)
+                            replay.update_priorities(batch.index, metrics["priority"].float().cpu().numpy())
+                        else:
+                            metrics = agent.update(replay.sample(cfg.batch_size))
                     crossed = (self.step + cfg.num_envs) // cfg.target_update > self.step // cfg.target_update
-                    if cfg.tau >= 1.0 and agent.updates > 0 and crossed:
+                    if cfg.target == "hard" and agent.updates > 0 and crossed:
                         agent.sync_target()                         # hard sync every target_update steps
                 out = env.recv()                                    # ... to here
                 reward = np.sign(out.reward) if cfg.reward_clip else out.reward

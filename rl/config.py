@@ -72,8 +72,10 @@ class TrainConfig:
     total_steps: int = setting(10_000_000, "agent steps to train (all envs together)", low=1)
     learning_starts: int = setting(80_000, "agent steps of experience before the first update", low=0)
     train_frequency: int = setting(4, "agent steps per gradient update", low=1)
-    target_update: int = setting(1_000, "agent steps between hard target syncs (ignored when tau < 1)", low=1)
-    tau: float = setting(1.0, "target sync rate: 1 = hard copy every target_update steps, <1 = Polyak every update",
+    target: str = setting("hard", "target network: hard copy every target_update steps, polyak every update, "
+                          "or none (bootstrap from the online net)", choices=("hard", "polyak", "none"))
+    target_update: int = setting(1_000, "agent steps between hard target syncs", low=1)
+    tau: float = setting(0.005, "Polyak rate when target = polyak: theta' <- tau theta + (1 - tau) theta'",
                          low=0.0, high=1.0, low_open=True)
     epsilon_start: float = setting(1.0, "exploration rate at step 0", low=0.0, high=1.0)
     epsilon_end: float = setting(0.01, "exploration rate after the decay", low=0.0, high=1.0)
@@ -85,8 +87,24 @@ class TrainConfig:
     gamma: float = setting(0.99, "discount factor", low=0.0, high=1.0)
     n_step: int = setting(1, "steps of reward summed into each TD target", low=1, high=100)
     double: bool = setting(False, "Double DQN: the online net picks a', the target net values it")
-    network: str = setting("nature_cnn", "Q-network body", choices=("nature_cnn", "mlp"))
+    network: str = setting("nature_cnn", "Q-network encoder: nature_cnn or impala_cnn (Atari), mlp (vectors)",
+                           choices=("nature_cnn", "impala_cnn", "mlp"))
     hidden_sizes: list = setting(None, "MLP hidden layer widths", factory=lambda: [120, 84])
+    # Rainbow-family switches (Hessel et al. 2018); each composes with the others
+    dueling: bool = setting(False, "dueling streams: Q = V + A - mean(A) (Wang et al. 2016)")
+    noisy: bool = setting(False, "factorised noisy linear layers explore instead of epsilon (Fortunato et al. 2018)")
+    noisy_sigma: float = setting(0.5, "initial noise scale sigma_0 of noisy layers", low=0.0, low_open=True)
+    distributional: bool = setting(False, "C51 categorical value distribution (Bellemare et al. 2017)")
+    num_atoms: int = setting(51, "C51 value atoms", low=2, high=1001)
+    v_min: float = setting(-10.0, "C51 support minimum")
+    v_max: float = setting(10.0, "C51 support maximum")
+    prioritized: bool = setting(False, "prioritized replay, proportional variant (Schaul et al. 2016)")
+    priority_alpha: float = setting(0.5, "priority exponent: P(i) ~ p_i^alpha", low=0.0, high=1.0)
+    priority_beta_start: float = setting(0.4, "importance-weight exponent at step 0, annealed linearly", low=0.0, high=1.0)
+    priority_beta_end: float = setting(1.0, "importance-weight exponent at total_steps", low=0.0, high=1.0)
+    priority_eps: float = setting(1e-6, "added to every priority so no transition starves", low=0.0, low_open=True)
+    augmentation: bool = setting(False, "random shifts of the stacked frames, as in DrQ (Kostrikov et al. 2021)")
+    aug_pad: int = setting(4, "random shift range in pixels", low=1, high=20)
     optimizer: str = setting("adam", "optimizer name from rl.registry", choices=_optimizer_choices)
     optimizer_kwargs: dict = setting(None, "extra optimizer options, e.g. {eps = 1.5e-4}", factory=dict)
     learning_rate: float = setting(1e-4, "optimizer step size", low=0.0, low_open=True)
@@ -201,9 +219,17 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     if cfg.epsilon_end > cfg.epsilon_start:
         raise ConfigError(f"epsilon_end = {cfg.epsilon_end} is not allowed: must be <= epsilon_start ({cfg.epsilon_start})")
     from envs import is_atari
-    if is_atari(cfg.env) != (cfg.network == "nature_cnn"):
-        allowed = "nature_cnn" if is_atari(cfg.env) else "mlp"
+    if is_atari(cfg.env) == (cfg.network == "mlp"):
+        allowed = "nature_cnn or impala_cnn" if is_atari(cfg.env) else "mlp"
         raise ConfigError(f"network = {cfg.network!r} is not allowed for env {cfg.env!r}: use {allowed}")
+    if cfg.augmentation and not is_atari(cfg.env):
+        raise ConfigError(f"augmentation = true is not allowed for env {cfg.env!r}: random shifts need image observations")
+    if cfg.distributional:
+        if cfg.v_min >= cfg.v_max:
+            raise ConfigError(f"v_min = {cfg.v_min} is not allowed: must be < v_max ({cfg.v_max})")
+        from rl.registry import get_loss
+        if get_loss(cfg.loss).name != "cross_entropy":
+            raise ConfigError(f"loss = {cfg.loss!r} is not allowed with distributional = true: use cross_entropy")
     try:
         optimizer_kwargs(cfg.optimizer, {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
         make_loss(cfg.loss)

@@ -203,3 +203,111 @@ class ReplayBuffer:
         frame = int(np.prod(frame_shape)) * np.dtype(spec.obs_dtype).itemsize
         action = 1 if spec.num_actions <= 256 else 4
         return frame + action + 4 + 1
+
+
+class SumTree:
+    """Binary tree over ``capacity`` leaves whose nodes hold the sum of their children.
+
+    Vectorised: ``set`` updates many leaves and their ancestors level by level; ``find`` walks many
+    prefix sums down at once. Leaves live at ``tree[size:size + capacity]``.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.size = 1 << max(0, (capacity - 1).bit_length())   # leaves rounded up to a power of two
+        self.tree = np.zeros(2 * self.size, dtype=np.float64)
+
+    @property
+    def total(self) -> float:
+        return float(self.tree[1])
+
+    def get(self, index: np.ndarray) -> np.ndarray:
+        return self.tree[self.size + np.asarray(index)]
+
+    def set(self, index: np.ndarray, value: np.ndarray) -> None:
+        node = self.size + np.asarray(index, dtype=np.int64)
+        self.tree[node] = value
+        node = np.unique(node // 2)
+        while node[0] >= 1:
+            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+            if node[0] == 1:
+                break
+            node = np.unique(node // 2)
+
+    def find(self, prefix: np.ndarray) -> np.ndarray:
+        """Leaf i with cumsum(leaves)[i-1] <= prefix < cumsum(leaves)[i], for each prefix."""
+        node = np.ones(len(prefix), dtype=np.int64)
+        prefix = np.array(prefix, dtype=np.float64)
+        while node[0] < self.size:
+            left = 2 * node
+            go_right = prefix >= self.tree[left]
+            prefix = np.where(go_right, prefix - self.tree[left], prefix)
+            node = np.where(go_right, left + 1, left)
+        return np.minimum(node - self.size, self.capacity - 1)
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """Proportional prioritized replay (Schaul et al. 2016): P(i) = p_i^alpha / sum_k p_k^alpha.
+
+    Invariant: a slot has non-zero priority exactly when it can be sampled, so the tree never
+    yields a transition without its n-step future or its frame history. New transitions enter
+    with the largest priority seen so far.
+    """
+
+    def __init__(self, spec: ReplaySpec, seed: int = 0, alpha: float = 0.5, eps: float = 1e-6):
+        super().__init__(spec, seed)
+        self.alpha, self.eps = alpha, eps
+        self.tree = SumTree(self.slots * self.num_envs)
+        self.max_priority = 1.0
+
+    def _slot_ids(self, t: int) -> np.ndarray:
+        return t * self.num_envs + np.arange(self.num_envs)
+
+    def add(self, *args, **kwargs) -> None:
+        t = self.cursor
+        super().add(*args, **kwargs)
+        zero = np.zeros(self.num_envs)
+        self.tree.set(self._slot_ids(t), zero)                               # no n-step future yet
+        if self.size == self.slots:                                          # the oldest slots lost their history
+            for k in range(1, self.stack):
+                self.tree.set(self._slot_ids((t + k) % self.slots), zero)
+        if self.size > self.n:
+            ready = (t - self.n) % self.slots                                # now has its n-step future
+            lo, hi = self._age_range()
+            if lo <= (ready - self._oldest()) % self.slots <= hi:
+                self.tree.set(self._slot_ids(ready), np.full(self.num_envs, self.max_priority ** self.alpha))
+
+    def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
+        total = self.tree.total
+        if total <= 0:
+            raise ValueError("replay buffer holds no complete transition yet")
+        # stratified: one uniform draw inside each of batch_size equal slices of the total mass
+        prefix = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+        index = self.tree.find(np.minimum(prefix, total * (1 - 1e-12)))
+        empty = self.tree.get(index) <= 0
+        if empty.any():  # float drift in the partial sums can land on an empty leaf: step back into mass
+            index[empty] = self.tree.find(prefix[empty] * (1 - 1e-6) - total * 1e-9)
+        p = self.tree.get(index) / total                                     # P(i)
+        weight = (len(self) * p) ** (-beta)
+        weight = (weight / weight.max()).astype(np.float32)                  # normalised so updates only shrink
+        t, env = np.divmod(index, self.num_envs)
+        return self._gather(t, env, weight)
+
+    def update_priorities(self, index: np.ndarray, priority: np.ndarray) -> None:
+        """Set p_i = |delta_i| + eps for sampled ``index`` (flat slot ids)."""
+        priority = np.asarray(priority, dtype=np.float64) + self.eps
+        index = np.asarray(index)
+        # a slot that became unsampleable since it was drawn stays at zero
+        alive = self.tree.get(index) > 0
+        if alive.any():
+            self.tree.set(index[alive], priority[alive] ** self.alpha)
+        self.max_priority = max(self.max_priority, float(priority.max()))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "priorities": self.tree.tree.copy(),
+                "max_priority": np.float64(self.max_priority)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.tree.tree[:] = state["priorities"]
+        self.max_priority = float(state["max_priority"])

@@ -1,0 +1,228 @@
+"""Each Rainbow component pinned to a hand-computed case, and CartPole with all switches on or off."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents.dqn import DQNAgent, project_distribution
+from rl.config import TrainConfig
+from rl.networks import NoisyLinear, make_q_network, random_shift
+from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec, SumTree
+
+CARTPOLE = TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32, 32], num_envs=1)
+
+
+# --- n-step returns -------------------------------------------------------------------------
+
+def one_stream(n_step, rewards, terminated, truncated, gamma=0.5):
+    """A single env writing scalar 'frames' 10, 11, 12, ...; returns the buffer."""
+    spec = ReplaySpec(100, 1, (1,), np.float32, n_step=n_step, gamma=gamma)
+    buf = ReplayBuffer(spec)
+    first = True
+    for i, (r, te, tr) in enumerate(zip(rewards, terminated, truncated)):
+        buf.add(np.array([[10.0 + i]]), np.array([i % 2]), np.array([r]), np.array([te]), np.array([tr]),
+                np.array([first]), final_obs=np.array([[99.0]]))
+        first = te and i == 1 or tr  # a new game starts after the game over at step 1 or a truncation
+    return buf
+
+
+def gather(buf, t):
+    return buf._gather(np.array([t]), np.array([0]), np.ones(1, np.float32))
+
+
+def test_n_step_return_stops_at_termination():
+    buf = one_stream(3, [1, 2, 4, 8, 16, 32], [False, True, False, False, False, False], [False] * 6)
+    b = gather(buf, 0)
+    assert b.reward[0] == pytest.approx(1 + 0.5 * 2) and b.discount[0] == 0.0
+    b = gather(buf, 2)  # 4 + .5*8 + .25*16, bootstrap gamma^3 from frame 15
+    assert b.reward[0] == pytest.approx(12.0) and b.discount[0] == pytest.approx(0.125)
+    assert b.next_obs[0, 0] == 15.0
+
+
+def test_n_step_return_bootstraps_from_final_obs_at_truncation():
+    buf = one_stream(3, [1, 2, 4, 8, 16, 32], [False] * 6, [False, True, False, False, False, False])
+    b = gather(buf, 0)
+    assert b.reward[0] == pytest.approx(2.0) and b.discount[0] == pytest.approx(0.25)
+    assert b.next_obs[0, 0] == 99.0  # the truncated episode's own last observation, not the next game's
+
+
+# --- C51 projection -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reward,discount,expected", [
+    (0.5, 0.5, [0.0, 0.35, 0.65]),   # Tz = [0, .5, 1]: atom 0 lands on z_1, atom 1 splits, atom 2 on z_2
+    (0.3, 0.0, [0.0, 0.7, 0.3]),     # terminal: all mass at r = 0.3
+    (5.0, 0.9, [0.0, 0.0, 1.0]),     # clipped to v_max
+    (-0.5, 1.0, [0.35, 0.4, 0.25]),  # Tz = [-1.5 -> -1, -.5, .5]
+])
+def test_categorical_projection_worked_examples(reward, discount, expected):
+    support = torch.tensor([-1.0, 0.0, 1.0])
+    p = torch.tensor([[0.2, 0.3, 0.5]])
+    m = project_distribution(p, torch.tensor([reward]), torch.tensor([discount]), support)
+    torch.testing.assert_close(m, torch.tensor([expected]))
+    assert m.sum().item() == pytest.approx(1.0)
+
+
+# --- sum tree and prioritized replay ----------------------------------------------------------
+
+CHI2_999 = {7: 24.32, 15: 37.70}  # chi-square critical values at p = 0.001
+
+
+def test_sum_tree_samples_in_proportion_to_priority():
+    tree = SumTree(8)
+    priorities = np.array([1, 2, 3, 4, 5, 6, 7, 8], float)
+    tree.set(np.arange(8), priorities)
+    assert tree.total == 36
+    rng = np.random.default_rng(0)
+    draws = tree.find(rng.random(200_000) * tree.total)
+    observed = np.bincount(draws, minlength=8)
+    expected = 200_000 * priorities / priorities.sum()
+    assert ((observed - expected) ** 2 / expected).sum() < CHI2_999[7]
+
+
+def test_sum_tree_updates_keep_sums_consistent():
+    tree = SumTree(13)  # not a power of two
+    rng = np.random.default_rng(1)
+    values = np.zeros(13)
+    for _ in range(50):
+        idx = rng.choice(13, size=4, replace=False)
+        values[idx] = rng.random(4)
+        tree.set(idx, values[idx])
+        assert tree.total == pytest.approx(values.sum())
+        np.testing.assert_allclose(tree.get(np.arange(13)), values)
+
+
+def filled_prioritized(n_step=1, stack=1):
+    spec = ReplaySpec(64, 2, (1,), np.float32, n_step=n_step)  # 32 slots per env: not wrapped
+    buf = PrioritizedReplayBuffer(spec, seed=0, alpha=1.0, eps=0.0)
+    for i in range(20):
+        buf.add(np.full((2, 1), i, np.float32), np.zeros(2), np.ones(2), np.zeros(2, bool), np.zeros(2, bool),
+                np.array([i == 0] * 2))
+    return buf
+
+
+def test_prioritized_sampling_follows_updated_priorities():
+    buf = filled_prioritized()
+    valid = np.flatnonzero(buf.tree.get(np.arange(64)) > 0)
+    assert len(valid) == len(buf) == 2 * 19  # the newest slot has no next observation yet
+    priorities = np.arange(1, len(valid) + 1, dtype=float)
+    buf.update_priorities(valid, priorities)
+    counts = np.zeros(64)
+    for _ in range(400):
+        counts += np.bincount(buf.sample(64, beta=1.0).index, minlength=64)
+    observed = counts[valid]
+    expected = counts.sum() * priorities / priorities.sum()
+    # stratified sampling is tighter than multinomial, so the multinomial bound is conservative
+    assert ((observed - expected) ** 2 / expected).sum() < 70.0  # df = 37 at p = 0.001
+    assert counts[np.setdiff1d(np.arange(64), valid)].sum() == 0
+
+
+def test_importance_weights_undo_the_sampling_bias():
+    buf = filled_prioritized()
+    valid = np.flatnonzero(buf.tree.get(np.arange(64)) > 0)
+    buf.update_priorities(valid, np.where(np.arange(len(valid)) % 2 == 0, 1.0, 4.0))
+    batch = buf.sample(256, beta=1.0)
+    p = buf.tree.get(batch.index)
+    # w ~ 1/P(i): the high-priority half gets a quarter of the weight
+    low, high = batch.weight[p == 1.0], batch.weight[p == 4.0]
+    assert low.max() == pytest.approx(1.0) and high.mean() == pytest.approx(0.25)
+
+
+def test_new_transitions_enter_with_max_priority():
+    buf = filled_prioritized()
+    buf.update_priorities(np.array([0]), np.array([50.0]))
+    buf.add(np.zeros((2, 1), np.float32), np.zeros(2), np.ones(2), np.zeros(2, bool), np.zeros(2, bool), np.zeros(2, bool))
+    newest_ready = ((buf.cursor - 2) % buf.slots) * 2
+    assert buf.tree.get(np.array([newest_ready]))[0] == pytest.approx(50.0)
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+def test_noisy_layer_noise_resets_and_eval_uses_means():
+    torch.manual_seed(0)
+    layer = NoisyLinear(5, 3)
+    x = torch.randn(4, 5)
+    layer.reset_noise()
+    a = layer(x)
+    layer.reset_noise()
+    b = layer(x)
+    assert not torch.allclose(a, b)
+    layer.eval()
+    torch.testing.assert_close(layer(x), x @ layer.weight_mu.T + layer.bias_mu)
+
+
+def test_dueling_head_decomposes_into_value_and_mean_zero_advantage():
+    net = make_q_network("mlp", (4,), 3, [16, 16], dueling=True)
+    x = torch.randn(6, 4)
+    q = net(x)
+    h = net.encoder(x)
+    torch.testing.assert_close(q.mean(1), net.value(h).squeeze(1), rtol=1e-5, atol=1e-5)
+
+
+def test_distributional_q_is_the_expected_atom_value():
+    net = make_q_network("mlp", (4,), 2, [16], atoms=11, v_min=0.0, v_max=10.0)
+    x = torch.randn(3, 4)
+    probs = net.dist(x).softmax(-1)
+    torch.testing.assert_close(net(x), (probs * torch.linspace(0, 10, 11)).sum(-1))
+
+
+class Fixed(nn.Module):
+    def __init__(self, values):
+        super().__init__()
+        self.values = torch.tensor(values)
+
+    def forward(self, x):
+        return self.values.expand(len(x), -1)
+
+
+@pytest.mark.parametrize("double,expected", [(False, 10.0), (True, 2.0)])
+def test_double_dqn_picks_with_online_and_values_with_target(double, expected):
+    agent = DQNAgent(dataclasses.replace(CARTPOLE, double=double), (4,), 2)
+    agent.q, agent.target = Fixed([[1.0, 5.0]]), Fixed([[10.0, 2.0]])
+    y = agent.td_target(torch.tensor([1.0]), torch.tensor([0.5]), torch.zeros(1, 4))
+    assert y.item() == pytest.approx(1.0 + 0.5 * expected)
+
+
+def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
+    obs = torch.arange(2 * 4 * 12 * 12, dtype=torch.int64).reshape(2, 4, 12, 12).to(torch.uint8)
+    out = random_shift(obs, pad=2, generator=torch.Generator().manual_seed(3))
+    assert out.dtype == torch.uint8 and out.shape == obs.shape
+    for b in range(2):
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                rows = (torch.arange(12) + dy).clamp(0, 11)
+                cols = (torch.arange(12) + dx).clamp(0, 11)
+                if torch.equal(out[b], obs[b][:, rows][:, :, cols]):
+                    matches.append((dy, dx))
+        assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
+
+
+# --- CartPole learns with every switch on, and with every switch off -----------------------------
+
+ALL_ON = dict(double=True, dueling=True, noisy=True, distributional=True, loss="cross_entropy", v_min=0.0,
+              v_max=100.0, num_atoms=51, prioritized=True, n_step=3, target="polyak", tau=0.01,
+              epsilon_start=0.0, epsilon_end=0.0)
+ALL_OFF = dict(double=False, dueling=False, noisy=False, distributional=False, prioritized=False, n_step=1,
+               target="hard", loss="huber")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switches", [ALL_ON, ALL_OFF], ids=["all-on", "all-off"])
+def test_cartpole_learns_with_switches(switches, tmp_path):
+    from agents.evaluation import evaluate
+    from agents.runner import Trainer
+    from envs import make_env
+    from rl.config import from_dict, load_preset, validate_train
+
+    cfg = from_dict(TrainConfig, load_preset("cartpole"))
+    cfg = validate_train(dataclasses.replace(cfg, total_steps=30_000, learning_starts=1_000, log_every=5_000,
+                                             checkpoint_every=10**9, save_replay=False, **switches))
+    trainer = Trainer(cfg, tmp_path, show_progress=False)
+    assert trainer.train() == "finished"
+    env = make_env(cfg, num_envs=5, seed=4242, evaluation=True)
+    result = evaluate(trainer.agent.eval(), env, 10, epsilon=0.0)
+    assert result["mean"] >= 195.0, result["returns"]  # CartPole's classic "solved" bar
