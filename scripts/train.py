@@ -16,7 +16,7 @@ from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flag
                        load_toml, overrides_from_args, preset_names, run_cli, validate_train)
 
 RESUMABLE = {"total_steps", "device", "torch_threads", "log_every", "checkpoint_every", "keep_checkpoints",
-             "save_replay", "env_threads"}
+             "save_replay", "env_threads", "eval_every", "eval_episodes", "eval_epsilon", "eval_video"}
 
 
 def build_parser() -> ArgumentParser:
