@@ -178,7 +178,7 @@ def _optimizer_options(entry: OptimizerEntry, overrides: Mapping[str, Any] | Non
 def _build_optimizer(entry: OptimizerEntry, params, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
     try:
         return entry.cls(params, **kwargs)  # the optimizer's own value checks run here
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, LookupError) as exc:
         raise _rejected("optimizer", entry, kwargs, exc) from None
 
 
@@ -217,7 +217,7 @@ def make_loss(name: str, overrides: Mapping[str, Any] | None = None) -> Callable
 
     try:
         loss(*_probe(entry))  # bad values (label_smoothing = 2) fail now, not at the first update
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, LookupError) as exc:
         raise _rejected("loss", entry, kwargs, exc) from None
     loss.__name__ = entry.name
     return loss
