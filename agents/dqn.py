@@ -104,13 +104,19 @@ class DQNAgent:
             group["lr"] = lr
         return lr
 
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        """Host array -> device tensor; on CUDA through pinned memory so the copy is asynchronous."""
+        x = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
     def _to_device(self, batch: Batch):
-        d = self.device
-        obs, next_obs = torch.as_tensor(batch.obs, device=d), torch.as_tensor(batch.next_obs, device=d)
+        obs, next_obs = self._tensor(batch.obs), self._tensor(batch.next_obs)   # uint8 until the network
         if self.cfg.augmentation:
             obs, next_obs = random_shift(obs, self.cfg.aug_pad), random_shift(next_obs, self.cfg.aug_pad)
-        return (obs, torch.as_tensor(batch.action, device=d), torch.as_tensor(batch.reward, device=d),
-                torch.as_tensor(batch.discount, device=d), next_obs, torch.as_tensor(batch.weight, device=d))
+        return (obs, self._tensor(batch.action), self._tensor(batch.reward), self._tensor(batch.discount),
+                next_obs, self._tensor(batch.weight))
 
     def _next_action(self, next_obs: torch.Tensor, next_q_target: torch.Tensor) -> torch.Tensor:
         """a* = argmax_a Q(s', a): by the online net for Double DQN, else by the target net. [B, 1]"""
