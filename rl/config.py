@@ -38,13 +38,13 @@ def _env_choices() -> tuple[str, ...]:
 
 
 def _optimizer_choices() -> tuple[str, ...]:
-    from rl.registry import _OPTIMIZER_INDEX
-    return tuple(_OPTIMIZER_INDEX)
+    from rl.registry import optimizer_choices
+    return optimizer_choices()
 
 
 def _loss_choices() -> tuple[str, ...]:
-    from rl.registry import _LOSS_INDEX
-    return tuple(_LOSS_INDEX)
+    from rl.registry import loss_choices
+    return loss_choices()
 
 
 @dataclass
@@ -224,10 +224,13 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"network = {cfg.network!r} is not allowed for env {cfg.env!r}: use {allowed}")
     if cfg.augmentation and not is_atari(cfg.env):
         raise ConfigError(f"augmentation = true is not allowed for env {cfg.env!r}: random shifts need image observations")
+    from rl.registry import get_loss
+    if not cfg.distributional and get_loss(cfg.loss).target == "class":
+        raise ConfigError(f"loss = {cfg.loss!r} is not allowed for scalar TD targets: use mse, l1 or huber "
+                          f"(cross_entropy needs distributional = true)")
     if cfg.distributional:
         if cfg.v_min >= cfg.v_max:
             raise ConfigError(f"v_min = {cfg.v_min} is not allowed: must be < v_max ({cfg.v_max})")
-        from rl.registry import get_loss
         if get_loss(cfg.loss).name != "cross_entropy":
             raise ConfigError(f"loss = {cfg.loss!r} is not allowed with distributional = true: use cross_entropy")
     try:

@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = from_dict(TrainConfig, payload["config"])
     except ckpt.CheckpointError as exc:
         raise ConfigError(str(exc)) from None
+    if cfg.torch_threads:
+        import torch
+        torch.set_num_threads(cfg.torch_threads)           # small nets: more threads only contend
     if args.video is not None:
         from envs.video import require_video, video_format
         video_format(args.video)

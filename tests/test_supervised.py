@@ -29,13 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CARTPOLE = TrainConfig(env="cartpole", network="mlp", num_envs=2, hidden_sizes=[32, 32])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one intra-op thread, and do not fight other processes for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_main(argv, capsys):
