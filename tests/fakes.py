@@ -39,6 +39,9 @@ class FakeStackedEnv(VecEnv):
     def _send(self, actions):
         self.actions = actions
 
+    def _advance(self, e):
+        self.cur[e] = np.concatenate([self.cur[e, 1:], self._frame()[None]], 0)
+
     def _recv(self):
         n = self.num_envs
         u = self.rng.random((n, 3))
@@ -46,14 +49,12 @@ class FakeStackedEnv(VecEnv):
         trunc &= ~over
         reward = self.rng.integers(-2, 5, n).astype(np.float32)
         for e in range(n):
-            self.cur[e] = np.concatenate([self.cur[e, 1:], self._frame()[None]], 0)
+            self._advance(e)
         final = self.cur.copy()
-        terminated = life | over
         episode_end = over | trunc
-        for e in np.flatnonzero(episode_end):  # SAME_STEP autoreset, as the real backends do
-            self.cur[e] = 0
-            self.cur[e, -1] = self._frame()
-        return self.cur.copy(), reward, terminated, trunc, episode_end, final
+        # SAME_STEP autoreset, as the real backends do
+        obs = self._reset(None, episode_end) if episode_end.any() else self.cur.copy()
+        return obs, reward, life | over, trunc, episode_end, final
 
 
 class FakeFlatEnv(FakeStackedEnv):
@@ -70,16 +71,22 @@ class FakeFlatEnv(FakeStackedEnv):
             self.cur[e] = self._frame()
         return self.cur.copy()
 
-    def _recv(self):
-        n = self.num_envs
-        u = self.rng.random((n, 3))
-        life, over, trunc = u[:, 0] < self.p[0], u[:, 1] < self.p[1], u[:, 2] < self.p[2]
-        trunc &= ~over
-        reward = self.rng.integers(-2, 5, n).astype(np.float32)
-        for e in range(n):
-            self.cur[e] = self._frame()
-        final = self.cur.copy()
-        episode_end = over | trunc
-        for e in np.flatnonzero(episode_end):
-            self.cur[e] = self._frame()
-        return self.cur.copy(), reward, life | over, trunc, episode_end, final
+    def _advance(self, e):
+        self.cur[e] = self._frame()
+
+
+def drive(env, steps, seed=0, replay=None):
+    """Random actions for ``steps`` vector steps, each stored in ``replay`` if given, as the trainer stores
+    them. Returns [(obs acted on, actions, EnvStep)] per step."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset()
+    first = np.ones(env.num_envs, bool)
+    log = []
+    for _ in range(steps):
+        a = rng.integers(0, env.num_actions, env.num_envs)
+        out = env.step(a)
+        if replay is not None:
+            replay.add(obs, a, out.reward, out.terminated, out.truncated, first, out.final_obs)
+        log.append((obs, a, out))
+        first, obs = out.episode_end, out.obs
+    return log

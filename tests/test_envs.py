@@ -7,24 +7,13 @@ import pytest
 from envs import make_env
 from rl.config import TrainConfig
 from rl.replay import ReplayBuffer, ReplaySpec
+from tests.fakes import drive
 
 BREAKOUT = TrainConfig(env="breakout", num_envs=2)
 CARTPOLE = TrainConfig(env="cartpole", network="mlp", num_envs=3)
 
 
-def play(env, steps, seed=0, replay=None):
-    rng = np.random.default_rng(seed)
-    obs = env.reset()
-    first = np.ones(env.num_envs, bool)
-    log = []
-    for _ in range(steps):
-        a = rng.integers(0, env.num_actions, env.num_envs)
-        out = env.step(a)
-        if replay is not None:
-            replay.add(obs, a, out.reward, out.terminated, out.truncated, first, out.final_obs)
-        log.append((obs, a, out))
-        first, obs = out.episode_end, out.obs
-    return log
+play = drive
 
 
 def test_breakout_replay_rebuilds_exactly_what_the_agent_saw():

@@ -5,25 +5,15 @@ import numpy as np
 import pytest
 
 from rl.replay import ReplayBuffer, ReplaySpec
-from tests.fakes import FakeFlatEnv, FakeStackedEnv
+from tests.fakes import FakeFlatEnv, FakeStackedEnv, drive
 
 
 def fill(env, buf, steps, seed=0):
     """Drive ``env`` with random actions into ``buf``; return the reference list of transitions
     ref[g][e] = (obs, action, reward, terminated, truncated, next_obs)."""
-    rng = np.random.default_rng(seed)
-    obs = env.reset()
-    first = np.ones(env.num_envs, bool)
-    ref = []
-    for _ in range(steps):
-        a = rng.integers(0, env.num_actions, env.num_envs)
-        out = env.step(a)
-        buf.add(obs, a, out.reward, out.terminated, out.truncated, first, out.final_obs)
-        ref.append([(obs[e].copy(), a[e], out.reward[e], out.terminated[e], out.truncated[e] and not out.terminated[e],
-                     out.final_obs[e].copy()) for e in range(env.num_envs)])
-        first = out.episode_end
-        obs = out.obs
-    return ref
+    return [[(obs[e].copy(), a[e], out.reward[e], out.terminated[e], out.truncated[e] and not out.terminated[e],
+              out.final_obs[e].copy()) for e in range(env.num_envs)]
+            for obs, a, out in drive(env, steps, seed, replay=buf)]
 
 
 def reference_target(ref, g, e, n, gamma):
