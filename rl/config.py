@@ -129,6 +129,15 @@ class TrainConfig:
     eval_epsilon: float = setting(0.05, "exploration rate while evaluating", low=0.0, high=1.0)
     eval_video: bool = setting(False, "film one game per evaluation into RUN_DIR/videos and TensorBoard "
                                       "(needs the video extra)")
+    # distributed acting (rl-train --actors N): Ape-X on Ray (Horgan et al. 2018); num_envs is per actor
+    actor_epsilon_base: float = setting(0.4, "Ape-X: actor i of N explores with eps = base^(1 + alpha * i / (N - 1))",
+                                        low=0.0, high=1.0)
+    actor_epsilon_alpha: float = setting(7.0, "Ape-X: the alpha of actor_epsilon_base's spread", low=0.0)
+    actor_chunk_steps: int = setting(50, "vector steps an actor collects per chunk sent to the replay "
+                                         "(num_envs agent steps each)", low=1)
+    weight_sync_every: int = setting(100, "learner updates between weight publications to the actors", low=1)
+    actor_max_restarts: int = setting(10, "times Ray restarts a crashed actor before training goes on without it",
+                                      low=0)
 
 
 def field_specs(cls) -> dict[str, dataclasses.Field]:

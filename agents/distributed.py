@@ -1,0 +1,697 @@
+"""Ape-X on Ray (Horgan et al. 2018, https://arxiv.org/abs/1803.00933): distributed acting, one learner.
+
+    rl-train --preset cartpole --actors 2                      # Ray started here with this machine's cores
+    rl-train --preset breakout --actors 8 --ray-address auto   # join the cluster 'ray start' runs
+
+The layout, and the only new code is the moving of data between the usual pieces:
+
+    ActorWorker i (Ray actor)  make_env + an acting copy of DQNAgent, epsilon_i fixed (Ape-X's spread);
+                               every actor_chunk_steps vector steps it sends a Chunk (and, with prioritized
+                               replay, the chunk's initial priorities) to the replay server
+    ReplayServer (Ray actor)   one rl.replay buffer per actor, so an actor's env streams never mix with
+                               another's; samples across them in proportion to size (or priority mass)
+    learner (this process)     DQNAgent.update on sampled batches; publishes the Q weights through Ray's
+                               object store every weight_sync_every updates
+
+The learner keeps the single-process schedule: one update per train_frequency agent steps collected
+(the replay ratio of the presets), a hard target sync every target_update / train_frequency updates, and
+actors wait while the learner owes more than one round of chunks. Exact resume is not attempted: the
+replay lives in a Ray actor (possibly on another node) and is not saved; --resume restores the learner
+(weights, optimizer, counters) and refills learning_starts steps before updating again.
+
+Ray is imported here and in scripts/sweep.py only; the single-process package never imports it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    import ray
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("distributed training needs Ray: pip install -e '.[distributed]'") from exc
+
+from agents.dqn import DQNAgent, resolve_device
+from agents.runner import RunDirError, StopRequested, Trainer, TrainingDiverged, updates_due
+from envs import is_atari, make_env
+from rl import checkpoint as ckpt
+from rl.config import ConfigError, TrainConfig
+from rl.logging import Logger, Progress, RateMeter
+from rl.replay import TERMINATED, TRUNCATED, Batch, PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
+from rl.schedules import LinearSchedule
+
+SAMPLE_BLOCK = 16            # batches per replay round trip; the next block is fetched while this one trains
+WAIT_SECONDS = 0.05          # how long the learner blocks for new chunks when it owes no update
+MARKER = "distributed.json"  # in the run directory: actors, Ray address, where each worker runs
+
+
+def actor_epsilon(i: int, n: int, base: float, alpha: float) -> float:
+    """Ape-X's exploration spread: actor i of n acts with eps_i = base^(1 + alpha * i / (n - 1));
+    a single actor uses ``base``. With base 0.4 and alpha 7: 0.4 for actor 0 down to 0.4^8 = 0.00066."""
+    return float(base ** (1 + alpha * i / (n - 1))) if n > 1 else float(base)
+
+
+def check_config(cfg: TrainConfig, actors: int) -> None:
+    """Refuse, before any work, an actor count or replay split the distributed layout cannot run."""
+    if actors < 1:
+        raise ConfigError(f"--actors {actors} is not allowed: must be >= 1")
+    stack = cfg.frame_stack if is_atari(cfg.env) else 1
+    # each actor's buffer must hold a whole chunk plus the history and n-step future around it
+    need = actors * cfg.num_envs * (cfg.actor_chunk_steps + stack + cfg.n_step + 1)
+    if cfg.buffer_size < need:
+        raise ConfigError(f"buffer_size = {cfg.buffer_size} is not allowed with --actors {actors}: each actor's "
+                          f"share must hold num_envs * (actor_chunk_steps + frame_stack + n_step + 1) transitions, "
+                          f"so buffer_size >= {need}")
+
+
+def connect(address: str | None) -> bool:
+    """Join the Ray cluster at ``address`` ('auto': the one ``ray start`` runs on this node), or, without an
+    address, start Ray here with this machine's cores. Returns True when this call started or joined Ray
+    (the caller then shuts it down); False when this process was already connected."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": "WARNING"}
+    if address is None:     # "local": a new instance even where 'ray start' runs a cluster (or RAY_ADDRESS is set)
+        kwargs.update(address="local", num_cpus=os.cpu_count() or 1)
+    else:
+        kwargs.update(address=address)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster ({first}); "
+                          f"start one with 'ray start --head' or leave --ray-address out") from None
+    return True
+
+
+def _stack_size(obs_shape: tuple[int, ...], cfg: TrainConfig) -> int:
+    return cfg.frame_stack if len(obs_shape) == 3 else 1
+
+
+def replay_spec(cfg: TrainConfig, obs_shape, obs_dtype, num_actions: int, capacity: int) -> ReplaySpec:
+    return ReplaySpec(capacity=capacity, num_envs=cfg.num_envs, obs_shape=tuple(obs_shape), obs_dtype=obs_dtype,
+                      stack=_stack_size(obs_shape, cfg), n_step=cfg.n_step, gamma=cfg.gamma, num_actions=num_actions)
+
+
+def compact(obs: np.ndarray, stack: int) -> np.ndarray:
+    """What the replay stores of an observation: the newest frame of a stack (kept as a stack of one, which
+    ReplayBuffer.add reads as obs[:, -1]), or the whole vector. Cuts Atari traffic by the stack size."""
+    return obs[:, -1:] if stack > 1 else obs
+
+
+@dataclasses.dataclass
+class Chunk:
+    """``T`` consecutive vector steps of one actor's ``E`` envs, in ReplayBuffer.add's terms."""
+
+    obs: np.ndarray          # [T, E, *compact obs], what the agent acted on
+    action: np.ndarray       # [T, E]
+    reward: np.ndarray       # float32[T, E], clipped if reward_clip (as the learner sees it)
+    terminated: np.ndarray   # bool[T, E]
+    truncated: np.ndarray    # bool[T, E]
+    first: np.ndarray        # bool[T, E]
+    finals: dict[int, tuple[np.ndarray, np.ndarray]]  # step k -> (env rows, compact final obs) of truncations
+    tail: np.ndarray         # [E, *compact obs], the observation after the last step
+    priority: np.ndarray | None = None  # float[R, E]: initial priorities of the R newest steps with an n-step future
+
+
+def cut_streams(buffer: ReplayBuffer, tail: np.ndarray) -> None:
+    """End every stream of ``buffer`` at its newest slot, as a time-limit cut bootstrapping from ``tail``.
+
+    Used when an actor was restarted: its new incarnation starts fresh episodes, so an n-step window
+    from the old episode must not run on into the new one. Touches the buffer's flag and final-frame
+    layout (rl/replay.py's module docstring) exactly as ``add`` does for a truncation.
+    """
+    if buffer.size == 0:
+        return
+    t = (buffer.cursor - 1) % buffer.slots
+    frames = buffer._newest_frame(tail)
+    for e in np.flatnonzero((buffer.flags[t] & (TERMINATED | TRUNCATED)) == 0):
+        buffer.flags[t, e] |= TRUNCATED
+        buffer.final_frames[t * buffer.num_envs + int(e)] = np.array(frames[e])
+
+
+@torch.no_grad()
+def td_priorities(agent: DQNAgent, batch: Batch) -> np.ndarray:
+    """The priority the learner's update would give ``batch`` (|TD error|, or C51's cross-entropy), computed
+    with this agent's networks: Ape-X's initial priorities, so new data need not enter at the maximum."""
+    d = agent.device
+    obs, next_obs = torch.as_tensor(batch.obs, device=d), torch.as_tensor(batch.next_obs, device=d)
+    action = torch.as_tensor(batch.action, device=d)
+    reward, discount = torch.as_tensor(batch.reward, device=d), torch.as_tensor(batch.discount, device=d)
+    if agent.cfg.distributional:
+        target = agent.distributional_target(reward, discount, next_obs)            # [B, K]
+        taken = agent.q.dist(obs).float()[torch.arange(len(action), device=d), action]
+        priority = agent.loss_fn(taken, target, reduction="none")
+    else:
+        target = agent.td_target(reward, discount, next_obs)                        # [B]
+        priority = (target - agent.q(obs).float().gather(1, action[:, None]).squeeze(1)).abs()
+    return priority.float().cpu().numpy()
+
+
+def _writable(batch: Batch) -> Batch:
+    """Arrays Ray hands back are read-only views of its object store; torch wants writable memory."""
+    return Batch(*(np.require(a, requirements="W") for a in batch))
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _identity() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "node": ray.util.get_node_ip_address()}
+
+
+# --- Ray actors (plain classes; ray.remote wraps them at start, so they unit-test without a cluster) ---
+
+class ReplayServer:
+    """The replay memory of all actors: one ReplayBuffer (or PrioritizedReplayBuffer) per actor, each with
+    ``num_envs`` lockstep streams, so stacks and n-step windows never mix actors. Sampling draws how many
+    transitions come from each buffer from a multinomial over sizes (uniform) or priority masses
+    (prioritized), which gives every transition the same probability as one big buffer would."""
+
+    def __init__(self, cfg: TrainConfig, obs_shape, obs_dtype, num_actions: int, actors: int):
+        spec = replay_spec(cfg, obs_shape, np.dtype(obs_dtype), num_actions, cfg.buffer_size // actors)
+        self.prioritized = cfg.prioritized
+        self.buffers: list[ReplayBuffer] = [
+            PrioritizedReplayBuffer(spec, seed=_seed(cfg.seed, 7, i), alpha=cfg.priority_alpha, eps=cfg.priority_eps)
+            if cfg.prioritized else ReplayBuffer(spec, seed=_seed(cfg.seed, 7, i)) for i in range(actors)]
+        self.ids_per_buffer = self.buffers[0].slots * spec.num_envs    # global index = buffer * this + local
+        self.rng = np.random.default_rng(_seed(cfg.seed, 8))
+        self.registrations = [0] * actors       # incarnations of each actor so far
+        self.incarnation = [-1] * actors        # the live incarnation; chunks of older ones are dropped
+        self.tails: list[np.ndarray | None] = [None] * actors
+        self.writes = np.zeros(actors, np.int64)  # vector steps written per buffer, for stale-priority checks
+        self.inserted = 0                       # transitions added, all buffers
+        self.sampled = 0                        # transitions sampled
+        self.dropped = 0                        # chunks of dead incarnations that arrived late
+
+    def identity(self) -> dict[str, Any]:
+        return _identity()
+
+    def register(self, actor: int) -> int:
+        """A (re)started actor announces itself; returns its incarnation number. After a restart the streams
+        the dead incarnation left open are cut, bootstrapping from the last observation it reported."""
+        k = self.registrations[actor]
+        self.registrations[actor] += 1
+        if self.tails[actor] is not None:
+            cut_streams(self.buffers[actor], self.tails[actor])
+            self.tails[actor] = None
+        self.incarnation[actor] = k
+        return k
+
+    def add(self, actor: int, incarnation: int, chunk: Chunk) -> int:
+        """Store a chunk in ``actor``'s buffer; returns the transitions sampleable now (all buffers)."""
+        if incarnation != self.incarnation[actor]:
+            self.dropped += 1
+            return len(self)
+        buffer = self.buffers[actor]
+        for k in range(len(chunk.obs)):
+            final = None
+            if k in chunk.finals:
+                rows, frames = chunk.finals[k]
+                final = np.zeros_like(chunk.obs[k])
+                final[rows] = frames
+            buffer.add(chunk.obs[k], chunk.action[k], chunk.reward[k], chunk.terminated[k], chunk.truncated[k],
+                       chunk.first[k], final)
+        if chunk.priority is not None:
+            # the R newest steps with an n-step future sit just behind the newest n slots
+            r, e = chunk.priority.shape
+            ts = (buffer.cursor - 1 - buffer.n - np.arange(r)[::-1]) % buffer.slots
+            buffer.update_priorities((ts[:, None] * e + np.arange(e)).ravel(), chunk.priority.ravel())
+        self.tails[actor] = np.array(chunk.tail)
+        self.writes[actor] += len(chunk.obs)
+        self.inserted += chunk.action.size
+        return len(self)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buffers)
+
+    def size(self) -> int:
+        return len(self)
+
+    def stats(self) -> dict[str, int]:
+        return {"inserted": self.inserted, "sampled": self.sampled, "size": len(self), "dropped": self.dropped}
+
+    def sample(self, batch_size: int, beta: float = 0.4, count: int = 1) -> tuple[list[Batch], np.ndarray]:
+        """``count`` batches, and the write counters that ``update_priorities`` needs to skip slots
+        overwritten in the meantime."""
+        self.sampled += batch_size * count
+        return [self._sample(batch_size, beta) for _ in range(count)], self.writes.copy()
+
+    def _sample(self, batch_size: int, beta: float) -> Batch:
+        if self.prioritized:
+            mass = np.array([b.tree.total for b in self.buffers])
+        else:
+            mass = np.array([len(b) for b in self.buffers], np.float64)
+        if mass.sum() <= 0:
+            raise ValueError("replay buffer holds no complete transition yet")
+        counts = self.rng.multinomial(batch_size, mass / mass.sum())
+        parts, probs = [], []
+        for i in np.flatnonzero(counts):
+            buffer = self.buffers[i]
+            part = buffer.sample(int(counts[i]), beta) if self.prioritized else buffer.sample(int(counts[i]))
+            if self.prioritized:
+                probs.append(buffer.tree.get(part.index) / mass.sum())                # P(j) over all buffers
+            parts.append(part._replace(index=part.index + i * self.ids_per_buffer))
+        batch = Batch(*(np.concatenate(field) for field in zip(*parts)))
+        if self.prioritized:
+            weight = (len(self) * np.concatenate(probs)) ** (-beta)                  # (N * P(j))^-beta
+            batch = batch._replace(weight=(weight / weight.max()).astype(np.float32))
+        return batch
+
+    def update_priorities(self, index: np.ndarray, priority: np.ndarray, writes: np.ndarray) -> None:
+        """Priorities for sampled global ``index``; slots rewritten since ``writes`` was taken are skipped."""
+        if not self.prioritized:
+            return
+        buffer_of, local = np.divmod(np.asarray(index), self.ids_per_buffer)
+        priority = np.asarray(priority)
+        for i in np.unique(buffer_of):
+            mine = buffer_of == i
+            buffer = self.buffers[i]
+            since = int(self.writes[i] - writes[i])
+            t = local[mine] // buffer.num_envs
+            cursor_then = (buffer.cursor - since) % buffer.slots
+            fresh = np.ones(len(t), bool) if since == 0 else (
+                np.zeros(len(t), bool) if since >= buffer.slots else (t - cursor_then) % buffer.slots >= since)
+            if fresh.any():
+                buffer.update_priorities(local[mine][fresh], priority[mine][fresh])
+
+
+class ActorWorker:
+    """One Ape-X actor: its own vector env and a copy of the agent used only to act (and, with prioritized
+    replay, to compute initial priorities). Ray restarts it after a crash; the new incarnation registers
+    with the replay server, which cuts the streams the old one left open, and plays fresh episodes."""
+
+    def __init__(self, cfg: TrainConfig, index: int, actors: int, replay_name: str):
+        torch.set_num_threads(1)                # acting is one small forward pass per vector step
+        # looked up by name: a handle passed in would be a constructor argument Ray may be unable to
+        # restore for a restart (ray-project/ray#53727)
+        self.cfg, self.index, self.replay = cfg, index, ray.get_actor(replay_name)
+        self.incarnation = ray.get(self.replay.register.remote(index))
+        seed = _seed(cfg.seed, 1 + index, self.incarnation)
+        torch.manual_seed(seed)
+        self.env = make_env(cfg, seed=seed)
+        self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, "cpu")
+        self.agent.rng = np.random.default_rng(seed)          # each actor its own exploration stream
+        self.epsilon = actor_epsilon(index, actors, cfg.actor_epsilon_base, cfg.actor_epsilon_alpha)
+        self.stack = _stack_size(self.env.obs_shape, cfg)
+        self.version = -1                                     # learner updates behind the weights held
+        self.obs = self.env.reset()
+        self.first = np.ones(self.env.num_envs, bool)
+        self.steps = 0                                        # vector steps taken by this incarnation
+        self.local = None
+        if cfg.prioritized:   # the recent steps, to rebuild the stacks and n-step returns priorities need
+            slots = cfg.actor_chunk_steps + self.stack + cfg.n_step + 1
+            self.local = ReplayBuffer(replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype,
+                                                  self.env.num_actions, slots * self.env.num_envs))
+
+    def identity(self) -> dict[str, Any]:
+        return {**_identity(), "actor": self.index, "incarnation": self.incarnation, "epsilon": self.epsilon}
+
+    def set_weights(self, state: dict[str, np.ndarray], version: int) -> None:
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+        self.agent.q.load_state_dict(tensors)
+        if self.agent.target is not self.agent.q:             # initial priorities bootstrap from these weights
+            self.agent.target.load_state_dict(tensors)
+        self.version = version
+
+    def collect(self, weights: list, version: int) -> dict[str, Any]:
+        """Act ``actor_chunk_steps`` vector steps with the weights of learner update ``version`` (``weights``
+        holds their object ref, fetched only when the version changed), send the chunk to the replay and
+        return what the learner logs."""
+        if version != self.version:
+            self.set_weights(ray.get(weights[0]), version)
+        started = time.perf_counter()
+        cfg, env = self.cfg, self.env
+        T, E = cfg.actor_chunk_steps, env.num_envs
+        shown = compact(self.obs, self.stack)
+        obs = np.empty((T, *shown.shape), shown.dtype)
+        action = np.empty((T, E), np.int64)
+        reward = np.empty((T, E), np.float32)
+        terminated, truncated, first = (np.empty((T, E), bool) for _ in range(3))
+        finals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        finished: list[tuple[float, int]] = []
+        for k in range(T):
+            actions = self.agent.act(self.obs, self.epsilon)
+            out = env.step(actions)
+            r = np.sign(out.reward) if cfg.reward_clip else out.reward
+            obs[k], action[k], reward[k] = compact(self.obs, self.stack), actions, r
+            terminated[k], truncated[k], first[k] = out.terminated, out.truncated, self.first
+            if out.truncated.any():
+                rows = np.flatnonzero(out.truncated)
+                finals[k] = (rows, np.array(compact(out.final_obs, self.stack)[rows]))
+            if self.local is not None:
+                self.local.add(self.obs, actions, r, out.terminated, out.truncated, self.first, out.final_obs)
+            self.first, self.obs = out.episode_end, out.obs
+            finished.extend((ret, length) for _, ret, length in out.finished)
+        self.steps += T
+        tail = np.array(compact(self.obs, self.stack))
+        chunk = Chunk(obs, action, reward, terminated, truncated, first, finals, tail,
+                      self._initial_priorities(T) if self.local is not None else None)
+        acted = time.perf_counter() - started
+        replay_size = ray.get(self.replay.add.remote(self.index, self.incarnation, chunk))  # backpressure
+        return {"actor": self.index, "incarnation": self.incarnation, "steps": T * E, "finished": finished,
+                "seconds": time.perf_counter() - started, "acting_seconds": acted, "version": version,
+                "replay_size": replay_size}
+
+    def _initial_priorities(self, T: int) -> np.ndarray | None:
+        """Priorities of this incarnation's steps whose n-step future arrived during the chunk: steps
+        j = c-n-R .. c-n-1 after c steps, R = min(T, c - n); the server aligns them the same way."""
+        n, local, E = self.cfg.n_step, self.local, self.env.num_envs
+        R = min(T, self.steps - n)
+        if R <= 0:
+            return None
+        j = np.arange(self.steps - n - R, self.steps - n)
+        t, env = np.repeat(j % local.slots, E), np.tile(np.arange(E), R)
+        batch = local._gather(t, env, np.ones(len(t), np.float32))    # the same n-step targets as sampling
+        return td_priorities(self.agent, batch).reshape(R, E)
+
+
+# --- the learner ---------------------------------------------------------------------------------
+
+class DistributedTrainer(Trainer):
+    """The learner of an Ape-X run, in this process. The run directory, run.json, checkpoints, evaluation
+    and divergence checks are the single-process Trainer's (inherited); acting and replay live in Ray
+    actors started by :meth:`train` and stopped by :meth:`close` (also after Ctrl-C)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, actors: int, preset: str | None = None,
+                 show_progress: bool | None = None, owns_ray: bool = False):
+        check_config(cfg, actors)
+        self.cfg, self.run_dir, self.preset, self.show_progress = cfg, Path(run_dir), preset, show_progress
+        self.num_actors, self.owns_ray = actors, owns_ray
+        self.device = resolve_device(cfg.device)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        probe = make_env(cfg, num_envs=1)                       # shapes only; the actors own the envs
+        self.obs_shape, self.obs_dtype, self.num_actions = probe.obs_shape, probe.obs_dtype, probe.num_actions
+        probe.close()
+        self.agent = DQNAgent(cfg, self.obs_shape, self.num_actions, self.device)
+        self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
+        self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
+        self.env = None
+        self.obs = np.zeros((1, *self.obs_shape), self.obs_dtype)   # example input for the network graph
+        self.step = 0                 # agent steps in the replay, all actors together
+        self.episodes = 0
+        self.wall_time = 0.0
+        self.refill_until = 0
+        self.skipped_updates = 0
+        self.resume_note = ""
+        self.replay_size = 0
+        self.actors: list = []        # Ray actor handles, index = actor number
+        self.server = None
+        self.restarts = [0] * actors  # times Ray restarted each actor (its newest incarnation seen)
+        self.failures = [0] * actors  # calls that failed because the actor died
+        self.incarnations_seen: dict[int, set[int]] = defaultdict(set)
+        self.epsilons = [actor_epsilon(i, actors, cfg.actor_epsilon_base, cfg.actor_epsilon_alpha)
+                         for i in range(actors)]
+        self.check_extras(cfg)
+
+    # --- checkpoints: the learner only ------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        meta = {"step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
+                "refill_until": self.refill_until, "skipped_updates": self.skipped_updates,
+                "distributed": {"actors": self.num_actors, "restarts": self.restarts}}
+        return {"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
+                "torch_rng": torch.get_rng_state(), "meta": ckpt.encode_meta(meta)}
+
+    def save(self, periodic: bool = False) -> Path:
+        self.check_finite()
+        try:
+            return self.checkpoints.save(self.payload(), self.step, periodic)
+        except OSError as exc:
+            raise RunDirError(f"cannot write a checkpoint in {self.checkpoints.root}: {exc.strerror or exc}; "
+                              f"earlier checkpoints are intact") from None
+
+    def restore(self) -> None:
+        """Continue the learner from ``latest.pt`` (of a distributed or a single-process run): weights,
+        optimizer, counters. The replay is not saved, so updates pause for learning_starts fresh steps."""
+        payload = ckpt.load(self.checkpoints.latest, map_location=self.device)
+        meta = ckpt.decode_meta(payload["meta"])
+        self.agent.load_state_dict(payload["agent"])
+        torch.set_rng_state(payload["torch_rng"])
+        self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
+        self.skipped_updates = meta.get("skipped_updates", 0)
+        self.refill_until = self.step + self.cfg.learning_starts
+        self.resume_note = (f"distributed runs do not save their replay: refilling {self.cfg.learning_starts} "
+                            f"steps before updates resume")
+
+    # --- workers -------------------------------------------------------------------------------------
+    def _start_workers(self, progress: Progress) -> None:
+        cfg, here = self.cfg, ray.get_runtime_context().get_node_id()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        # the replay beside the learner: batches cross no network; it needs memory, not a core
+        replay_name = f"rl-replay-{os.getpid()}-{time.time_ns()}"
+        self.server = ray.remote(ReplayServer).options(
+            name=replay_name, num_cpus=0, max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+        ).remote(cfg, self.obs_shape, self.obs_dtype.str, self.num_actions, self.num_actors)
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        per_actor = min(1.0, cpus / self.num_actors)           # more actors than cores share them
+        worker = ray.remote(ActorWorker).options(num_cpus=per_actor, max_restarts=cfg.actor_max_restarts,
+                                                 max_task_retries=0, scheduling_strategy="SPREAD")
+        self.actors = [worker.remote(cfg, i, self.num_actors, replay_name) for i in range(self.num_actors)]
+        where = ray.get([a.identity.remote() for a in self.actors] + [self.server.identity.remote()])
+        self._write_marker(workers=where[:-1], replay=where[-1])
+        nodes = sorted({w["node"] for w in where})
+        progress.write(f"rl-train: {self.num_actors} actors on {len(nodes)} node(s) ({', '.join(nodes)}), "
+                       f"epsilons {', '.join(f'{e:.3g}' for e in self.epsilons)}; replay on {where[-1]['node']}")
+
+    def _write_marker(self, **where: Any) -> None:
+        """RUN_DIR/distributed.json: this run's checkpoints hold the learner only (rl-train refuses to resume it
+        without --actors), and where the workers run (pids and nodes, for the curious and for tests)."""
+        info = {"actors": self.num_actors, "ray_address": ray.get_runtime_context().gcs_address, **where}
+        try:
+            ckpt.atomic_write(self.run_dir / MARKER, lambda f: f.write(json.dumps(info, indent=1).encode()))
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.run_dir / MARKER}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        """Stop every actor and the replay server (and Ray, when this process started it)."""
+        for handle in [*self.actors, self.server]:
+            if handle is not None:
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:   # already gone, or the cluster went away first
+                    pass
+        self.actors, self.server = [], None
+        if self.owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def _log_diagnostics(self, logger: Logger, metrics: dict[str, torch.Tensor]) -> None:
+        if "td_error" in metrics:
+            logger.histogram("histograms/td_error", metrics["td_error"], self.step)
+        logger.scalars({"charts/replay_fill": self.replay_size / self.cfg.buffer_size}, self.step)
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def _loop(self, stop_at: int | None, logger: Logger, progress: Progress) -> str:
+        cfg, agent = self.cfg, self.agent
+        chunk_steps = cfg.actor_chunk_steps * cfg.num_envs                  # agent steps per chunk
+        max_backlog = self.num_actors * chunk_steps // cfg.train_frequency  # owed updates before actors wait
+        sync_period = max(1, cfg.target_update // cfg.train_frequency)      # updates between hard target syncs
+        in_flight: dict[Any, int] = {}                                      # collect() ref -> actor
+        idle = set(range(self.num_actors))
+        dead: set[int] = set()
+        published = {"ref": None, "version": -1}
+        sample_ref = None
+        metrics: dict[str, torch.Tensor] = {}
+        window = defaultdict(float)     # per log interval: steps and acting seconds per actor, lag, restarts
+        rate = RateMeter(self.step)
+        last = {"time": time.perf_counter(), "updates": agent.updates, "steps": self.step}
+        next_log = (self.step // cfg.log_every + 1) * cfg.log_every
+        next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else float("inf")
+        started = time.perf_counter()
+        status = "finished"
+        logger.scalars({f"distributed/actor_{i}/epsilon": e for i, e in enumerate(self.epsilons)}, self.step)
+
+        def publish() -> None:
+            state = {k: v.detach().cpu().numpy() for k, v in agent.q.state_dict().items()}
+            published.update(ref=ray.put(state), version=agent.updates)
+
+        def owed() -> int:
+            """Updates the schedule asks for now; while there is nothing to learn from they are forgiven."""
+            due = updates_due(self.step, cfg) - self.skipped_updates
+            if self.step < self.refill_until or self.replay_size < cfg.batch_size:
+                self.skipped_updates += max(0, due - agent.updates)
+                return 0
+            return max(0, due - agent.updates)
+
+        def submit() -> None:
+            for i in sorted(idle - dead):
+                coming = self.step + len(in_flight) * chunk_steps
+                if coming >= cfg.total_steps or owed() > max_backlog:
+                    return
+                in_flight[self.actors[i].collect.remote([published["ref"]], published["version"])] = i
+                idle.discard(i)
+
+        def harvest(timeout: float) -> None:
+            if not in_flight:
+                return
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
+            if done:
+                done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+            for ref in done:
+                i = in_flight.pop(ref)
+                idle.add(i)
+                try:
+                    stats = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    self.failures[i] += 1
+                    if self.failures[i] > cfg.actor_max_restarts:
+                        dead.add(i)
+                        progress.write(f"rl-train: actor {i} died for good ({type(exc).__name__}); "
+                                       f"{self.num_actors - len(dead)} actors go on")
+                        if len(dead) == self.num_actors:
+                            raise RuntimeError("every actor died; see the Ray logs (ray logs cluster)") from None
+                    else:
+                        progress.write(f"rl-train: actor {i} died ({type(exc).__name__}); Ray restarts it "
+                                       f"(at most {cfg.actor_max_restarts} times)")
+                    continue
+                self.incarnations_seen[i].add(stats["incarnation"])
+                self.restarts[i] = max(self.restarts[i], stats["incarnation"])
+                self.step += stats["steps"]
+                self.replay_size = stats["replay_size"]
+                window[f"steps_{i}"] += stats["steps"]
+                window[f"seconds_{i}"] += stats["acting_seconds"]
+                window["lag"] += agent.updates - max(stats["version"], 0)
+                window["lag_max"] = max(window["lag_max"], agent.updates - max(stats["version"], 0))
+                window["chunks"] += 1
+                for ret, length in stats["finished"]:
+                    self.episodes += 1
+                    logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length,
+                                    f"distributed/actor_{i}/episodic_return": ret}, self.step)
+                progress.update(stats["steps"], [ret for ret, _ in stats["finished"]])
+
+        self._write_marker()
+        with StopRequested() as stop:        # a Ctrl-C while the actors start stops the run cleanly too
+            self._start_workers(progress)
+            publish()
+            while True:
+                harvest(0)
+                submit()
+                lr = agent.set_step(self.step)
+                todo = owed()
+                if todo > 0:
+                    beta = self.beta(self.step)
+                    if sample_ref is None:
+                        sample_ref = self.server.sample.remote(cfg.batch_size, beta, min(todo, SAMPLE_BLOCK))
+                    batches, writes = ray.get(sample_ref)
+                    rest = todo - len(batches)
+                    sample_ref = (self.server.sample.remote(cfg.batch_size, beta, min(rest, SAMPLE_BLOCK))
+                                  if rest > 0 else None)                          # fetched while these train
+                    index, priority = [], []
+                    for batch in batches:
+                        metrics = agent.update(_writable(batch))
+                        if cfg.prioritized:
+                            index.append(batch.index)
+                            priority.append(metrics["priority"].float().cpu().numpy())
+                        if cfg.target == "hard" and agent.updates % sync_period == 0:
+                            agent.sync_target()
+                    if index:
+                        self.server.update_priorities.remote(np.concatenate(index), np.concatenate(priority), writes)
+                    if agent.updates - published["version"] >= cfg.weight_sync_every:
+                        publish()
+                elif self.step >= cfg.total_steps and not in_flight:
+                    break
+                else:
+                    harvest(WAIT_SECONDS)           # the learner is ahead: wait for data
+
+                if self.step >= next_log:
+                    next_log = (self.step // cfg.log_every + 1) * cfg.log_every
+                    now = time.perf_counter()
+                    dt = max(now - last["time"], 1e-9)
+                    updates = agent.updates - last["updates"]
+                    values = {"charts/learning_rate": lr, "charts/SPS": rate(self.step),
+                              "charts/episodes": self.episodes, "charts/replay_size": self.replay_size,
+                              "charts/updates": agent.updates,
+                              "distributed/updates_per_s": updates / dt,
+                              "distributed/replay_insert_per_s": (self.step - last["steps"]) / dt,
+                              "distributed/replay_sample_per_s": updates * cfg.batch_size / dt,
+                              "distributed/actor_restarts": sum(self.restarts)}
+                    for i in range(self.num_actors):
+                        if window[f"seconds_{i}"] > 0:
+                            values[f"distributed/actor_{i}/steps_per_s"] = window[f"steps_{i}"] / window[f"seconds_{i}"]
+                    if window["chunks"]:
+                        values["distributed/weight_lag_updates"] = window["lag"] / window["chunks"]
+                        values["distributed/weight_lag_updates_max"] = window["lag_max"]
+                    if metrics:
+                        host = {k: v.item() for k, v in metrics.items() if v.dim() == 0}
+                        self.check_finite(host)
+                        values.update({f"losses/{k}": v for k, v in host.items()})
+                    logger.scalars(values, self.step)
+                    self._log_diagnostics(logger, metrics)
+                    window.clear()
+                    last.update(time=now, updates=agent.updates, steps=self.step)
+                if self.step >= next_eval:
+                    next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every
+                    paused = time.perf_counter()
+                    self.evaluate(logger, progress)
+                    rate.last_time += time.perf_counter() - paused
+                if self.step >= next_checkpoint:
+                    next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                    self.wall_time += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self.save(periodic=True)
+                    self._write_status("running")
+                if stop.requested or (stop_at is not None and stop_at <= self.step < cfg.total_steps):
+                    status = "stopped"
+                    break
+        self.wall_time += time.perf_counter() - started
+        return status
+
+
+# --- sweeps: one single-process run per Ray task ----------------------------------------------------
+
+def _evaluation_at(run_dir: Path, step: int) -> dict[str, Any] | None:
+    """The run's own evaluation at ``step`` from evaluations.jsonl, if it made one."""
+    try:
+        lines = (run_dir / "evaluations.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue                                    # a torn last line
+        if record.get("step") == step:
+            return record
+    return None
+
+
+def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, threads: int) -> dict[str, Any]:
+    """Train one grid point in this (Ray worker) process with the single-process Trainer, then score the
+    final network with rl-evaluate's protocol (the run's own evaluation at the last step when eval_every
+    already made one). Returns plain data for rl-sweep's table; a failed run is reported, not raised."""
+    torch.set_num_threads(cfg.torch_threads or max(1, threads))
+    run_dir_ = Path(run_dir)
+    result: dict[str, Any] = {"name": name, "seed": cfg.seed, "run_dir": run_dir, "host": socket.gethostname()}
+    try:
+        Trainer.prepare_run_dir(run_dir_, cfg, preset)
+        trainer = Trainer(cfg, run_dir_, preset=preset, show_progress=False)
+        try:
+            result["status"] = trainer.train()
+            result["step"] = trainer.step
+            final = _evaluation_at(run_dir_, trainer.step)
+            if final is None:
+                logger = Logger(run_dir_)
+                try:
+                    final = trainer.evaluate(logger)
+                finally:
+                    logger.close()
+        finally:
+            trainer.close()
+        result["eval"] = {k: final[k] for k in ("mean", "std", "episodes")}
+        result["eval"]["epsilon"] = final["protocol"]["epsilon"]
+    except (TrainingDiverged, RunDirError, ConfigError) as exc:
+        result.update(status="failed", error=str(exc))
+    return result

@@ -1,0 +1,281 @@
+"""rl-sweep: a grid of training runs as Ray tasks, and a table of their final evaluation scores.
+
+    rl-sweep --preset cartpole --seeds 0..4
+    rl-sweep --preset cartpole --seeds 0..2 --set learning_rate=1e-3,5e-4 --set double=true,false
+    rl-sweep --preset breakout --seeds 0..4 --ray-address auto --root /shared/runs/sweep1
+
+The grid is every combination of the ``--set`` values, times every seed. Each point is one
+single-process rl-train run in its own directory ``ROOT/<key=value,...>-s<seed>`` (so
+``tensorboard --logdir ROOT`` shows them all, and ``rl-runs ROOT`` lists them), scored at the end
+with rl-evaluate's protocol (eval_episodes full games, eval_epsilon, the run's evaluation seed).
+The table gives, per setting, the mean ± std over seeds of the runs' final mean returns (std with
+ddof 0, as rl-evaluate reports it); ``ROOT/summary.json`` holds the same. ``--set key=value`` with
+one value is a plain override. On a cluster, ROOT must be on a filesystem every node sees.
+
+Exit codes: 0 every run finished, 1 a run failed or the sweep was stopped (Ctrl-C), 2 bad input.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rl.config import (ArgumentParser, ConfigError, TrainConfig, _parse_cli_value, _toml_value, from_dict,
+                       load_preset, load_toml, preset_names, run_cli, validate_train)
+
+EVAL_SEED_OFFSET = 10_000    # agents.runner's: a run's evaluation games never share its training seeds
+STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="rl-sweep", description="Run a grid of configs x seeds as Ray tasks; print the "
+                                                         "final evaluation scores, mean ± std over seeds.")
+    parser.add_argument("--preset", default=None,
+                        help=f"named settings: {', '.join(preset_names())} (default: breakout)")
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys, applied over the preset")
+    parser.add_argument("--seeds", default="0..4", metavar="SEEDS",
+                        help="seeds: a range A..B (both included), a list 0,3,7 or one seed (default: 0..4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a grid axis: config KEY takes each value (TOML syntax: 1e-3, true, \"adam\", [64, 64]); "
+                             "repeat for more axes; one value is a plain override")
+    parser.add_argument("--root", type=Path, help="directory of the runs (default: runs/sweep-<preset>-<time>)")
+    parser.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster ('auto': the one 'ray start' "
+                        "runs on this node); default: start Ray here with this machine's cores")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, metavar="CPUS",
+                        help="cores Ray reserves for each run; runs go in parallel as cores allow (default: 1)")
+    return parser
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``A..B`` (inclusive), ``A,B,C`` or ``A``: distinct seeds in [0, 2^31), in order."""
+    def seed(part: str) -> int:
+        try:
+            value = int(part.strip())
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r} is not allowed: {part.strip()!r} is not a whole number; "
+                              f"use A..B, A,B,C or A") from None
+        if not 0 <= value < 2**31:
+            raise ConfigError(f"--seeds {text!r} is not allowed: seeds must be in [0, 2^31)")
+        return value
+
+    if ".." in text:
+        low, _, high = text.partition("..")
+        a, b = seed(low), seed(high)
+        if b < a:
+            raise ConfigError(f"--seeds {text!r} is not allowed: the range ends before it starts; use {b}..{a}")
+        return list(range(a, b + 1))
+    seeds = [seed(part) for part in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r} is not allowed: a seed appears twice")
+    return seeds
+
+
+def split_values(text: str) -> list[str]:
+    """Split at commas outside brackets, braces and quotes, so ``[64, 64],[128]`` is two values."""
+    parts, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return [p.strip() for p in parts]
+
+
+def parse_axes(items: list[str], base: TrainConfig) -> list[tuple[str, list[Any]]]:
+    """``--set KEY=V1,V2`` items as (key, values), each value checked against the key's type and range."""
+    axes: list[tuple[str, list[Any]]] = []
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r} is not allowed: use KEY=V1,V2 (e.g. learning_rate=1e-3,5e-4)")
+        if key == "seed":
+            raise ConfigError("--set seed=... is not allowed: give the seeds with --seeds")
+        if key in (k for k, _ in axes):
+            raise ConfigError(f"--set {item!r} is not allowed: {key} is already set; put all its values in one --set")
+        raw = split_values(text)
+        if any(not r for r in raw):
+            raise ConfigError(f"--set {item!r} is not allowed: an empty value; use KEY=V1,V2")
+        values = [getattr(from_dict(TrainConfig, {key: _parse_cli_value(r)}, base=base), key) for r in raw]
+        if len({_toml_value(v) for v in values}) != len(values):
+            raise ConfigError(f"--set {item!r} is not allowed: a value appears twice")
+        axes.append((key, values))
+    return axes
+
+
+def label(point: tuple[tuple[str, Any], ...]) -> str:
+    """``key=value,...`` for the table (``base`` for the preset alone)."""
+    return ",".join(f"{k}={_toml_value(v).strip(chr(34))}" for k, v in point) or "base"
+
+
+def run_name(point: tuple[tuple[str, Any], ...], seed: int) -> str:
+    """A directory name: ``learning_rate=0.001,hidden_sizes=64x64-s0`` (``s0`` for the preset alone)."""
+    def short(v: Any) -> str:
+        text = "x".join(map(str, v)) if isinstance(v, list) else _toml_value(v).strip(chr(34))
+        return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
+    stem = ",".join(f"{k}={short(v)}" for k, v in point)
+    return f"{stem}-s{seed}" if stem else f"s{seed}"
+
+
+def build_grid(base: TrainConfig, axes, seeds) -> list[dict[str, Any]]:
+    """Every (point, seed) with its validated config; bad combinations stop the sweep before any work."""
+    runs = []
+    keys = [k for k, _ in axes]
+    for values in itertools.product(*(v for _, v in axes)):
+        point = tuple(zip(keys, values))
+        for seed in seeds:
+            cfg = validate_train(from_dict(TrainConfig, {**dict(point), "seed": seed}, base=base))
+            runs.append({"point": point, "seed": seed, "cfg": cfg, "name": run_name(point, seed)})
+    return runs
+
+
+def summarize(runs: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        setting = label(run["point"])
+        row = rows.setdefault(setting, {"setting": setting, "point": dict(run["point"]), "runs": []})
+        result = results.get(run["name"], {"status": "not run"})
+        row["runs"].append({"seed": run["seed"], "status": result["status"], "run_dir": result.get("run_dir"),
+                            "eval_mean": result.get("eval", {}).get("mean"), "error": result.get("error")})
+    for row in rows.values():
+        scores = [r["eval_mean"] for r in row["runs"] if r["eval_mean"] is not None]
+        row["mean"] = float(np.mean(scores)) if scores else None
+        row["std"] = float(np.std(scores)) if scores else None
+        row["seeds_scored"] = len(scores)
+    return list(rows.values())
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("setting", "seeds", "final return (mean ± std over seeds)", "per seed")
+    lines = []
+    for row in rows:
+        score = f"{row['mean']:.2f} ± {row['std']:.2f}" if row["mean"] is not None else "-"
+        per_seed = "  ".join(f"s{r['seed']} " + (f"{r['eval_mean']:.1f}" if r["eval_mean"] is not None else r["status"])
+                             for r in row["runs"])
+        lines.append((row["setting"], f"{row['seeds_scored']}/{len(row['runs'])}", score, per_seed))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.cpus_per_run > 0:
+        raise ConfigError(f"--cpus-per-run {args.cpus_per_run} is not allowed: must be > 0")
+    seeds = parse_seeds(args.seeds)
+    preset = args.preset or ("breakout" if args.config is None else None)
+    base = TrainConfig()
+    if preset:
+        base = from_dict(TrainConfig, load_preset(preset), base=base)
+    if args.config:
+        base = from_dict(TrainConfig, load_toml(args.config), base=base)
+    axes = parse_axes(args.set, base)
+    fixed = {k: v[0] for k, v in axes if len(v) == 1}           # one value: a plain override, not in run names
+    axes = [(k, v) for k, v in axes if len(v) > 1]
+    base = from_dict(TrainConfig, fixed, base=base)
+    runs = build_grid(base, axes, seeds)
+    root = args.root or Path("runs") / f"sweep-{preset or Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = [r["name"] for r in runs if (root / r["name"] / "config.toml").exists()]
+    if taken:
+        raise ConfigError(f"--root {str(root)!r} already holds run {taken[0]!r}; choose another --root")
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("rl-sweep needs Ray, which is not installed: pip install -e '.[distributed]'")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--root {str(root)!r} is not writable: {exc.strerror}") from None
+
+    import ray
+    from agents.distributed import connect, sweep_run
+
+    owns_ray = connect(args.ray_address)
+    results: dict[str, dict[str, Any]] = {}
+    stopped = False
+    points = len(runs) // len(seeds)
+    print(f"rl-sweep: {len(runs)} runs ({points} setting(s) x {len(seeds)} seed(s)) under {root}; "
+          f"watch with: tensorboard --logdir {root}", file=sys.stderr)
+    try:
+        task = ray.remote(sweep_run).options(num_cpus=args.cpus_per_run, max_retries=0)
+        threads = max(1, int(args.cpus_per_run))
+        pending = {task.remote(r["cfg"], str((root / r["name"]).resolve()), preset, r["name"], threads): r["name"]
+                   for r in runs}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    name = pending.pop(ref)
+                    results[name] = _result(ray, ref, name)
+                    ev = results[name].get("eval")
+                    print(f"rl-sweep: [{len(results)}/{len(runs)}] {name}: {results[name]['status']}"
+                          + (f", final return {ev['mean']:.2f}" if ev else f" ({results[name].get('error', '')})"),
+                          file=sys.stderr)
+        except KeyboardInterrupt:
+            # Ray's cancel interrupts each running task as Ctrl-C would: its Trainer checkpoints and stops
+            stopped = True
+            print("rl-sweep: stopping: each running run writes a checkpoint (rl-train --resume continues it)",
+                  file=sys.stderr)
+            for ref in pending:
+                ray.cancel(ref)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=STOP_GRACE_SECONDS)
+            for ref in done:
+                results[pending[ref]] = _result(ray, ref, pending[ref])
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+    rows = summarize(runs, results)
+    cfg0 = runs[0]["cfg"]
+    if fixed:
+        print("fixed: " + label(tuple(fixed.items())))
+    print(f"final evaluation: {cfg0.eval_episodes} full games per run, epsilon {cfg0.eval_epsilon}, "
+          f"seed = run seed + {EVAL_SEED_OFFSET} (rl-evaluate's protocol)")
+    print(format_table(rows))
+    summary = {"preset": preset, "config": args.config, "root": str(root), "seeds": seeds,
+               "axes": {k: v for k, v in axes}, "fixed": fixed, "stopped": stopped,
+               "protocol": {"eval_episodes": cfg0.eval_episodes, "eval_epsilon": cfg0.eval_epsilon,
+                            "base": dataclasses.asdict(cfg0) | {"seed": None}},
+               "rows": rows}
+    try:
+        (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    except OSError as exc:
+        print(f"rl-sweep: error: cannot write {root / 'summary.json'}: {exc.strerror}", file=sys.stderr)
+        return 1
+    finished = all(results.get(r["name"], {}).get("status") == "finished" for r in runs)
+    return 0 if finished and not stopped else 1
+
+
+def _result(ray, ref, name: str) -> dict[str, Any]:
+    """A task's result; a task that crashed (or was cancelled) becomes a failed row, not a traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        return {"name": name, "status": "stopped", "error": "cancelled"}
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return {"name": name, "status": "failed", "error": first}
+
+
+def entry() -> None:
+    sys.exit(run_cli(main, prog="rl-sweep"))
+
+
+if __name__ == "__main__":
+    entry()
