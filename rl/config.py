@@ -266,6 +266,18 @@ def load_preset(name: str) -> dict[str, Any]:
     return tomllib.loads(resources.files("presets").joinpath(f"{name}.toml").read_text())
 
 
+def base_config(preset: str | None, config_file: str | Path | None) -> tuple[TrainConfig, str | None]:
+    """defaults <- preset <- config file; the preset defaults to breakout unless a config file is given.
+    Returns the (unvalidated) config and the preset used."""
+    preset = preset or ("breakout" if config_file is None else None)
+    cfg = TrainConfig()
+    if preset:
+        cfg = from_dict(TrainConfig, load_preset(preset), base=cfg)
+    if config_file:
+        cfg = from_dict(TrainConfig, load_toml(config_file), base=cfg)
+    return cfg, preset
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text())

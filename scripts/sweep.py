@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, _parse_cli_value, _toml_value, from_dict,
-                       load_preset, load_toml, preset_names, run_cli, validate_train)
+from rl.config import (ArgumentParser, ConfigError, TrainConfig, _parse_cli_value, _toml_value, base_config,
+                       from_dict, preset_names, run_cli, validate_train)
 
 EVAL_SEED_OFFSET = 10_000    # agents.runner's: a run's evaluation games never share its training seeds
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
@@ -181,12 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.cpus_per_run > 0:
         raise ConfigError(f"--cpus-per-run {args.cpus_per_run} is not allowed: must be > 0")
     seeds = parse_seeds(args.seeds)
-    preset = args.preset or ("breakout" if args.config is None else None)
-    base = TrainConfig()
-    if preset:
-        base = from_dict(TrainConfig, load_preset(preset), base=base)
-    if args.config:
-        base = from_dict(TrainConfig, load_toml(args.config), base=base)
+    base, preset = base_config(args.preset, args.config)
     axes = parse_axes(args.set, base)
     fixed = {k: v[0] for k, v in axes if len(v) == 1}           # one value: a plain override, not in run names
     axes = [(k, v) for k, v in axes if len(v) > 1]

@@ -6,14 +6,13 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, from_dict, load_preset,
-                       load_toml, overrides_from_args, preset_names, run_cli, validate_train)
+from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, base_config, from_dict,
+                       overrides_from_args, preset_names, run_cli, validate_train)
 
 RESUMABLE = {"total_steps", "device", "torch_threads", "log_every", "checkpoint_every", "keep_checkpoints",
              "save_replay", "env_threads", "eval_every", "eval_episodes", "eval_epsilon", "eval_video"}
@@ -50,12 +49,7 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
             raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; "
                               f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))}")
         return validate_train(from_dict(TrainConfig, overrides, base=cfg)), None, args.resume
-    preset = args.preset or ("breakout" if args.config is None else None)
-    cfg = TrainConfig()
-    if preset:
-        cfg = from_dict(TrainConfig, load_preset(preset), base=cfg)
-    if args.config:
-        cfg = from_dict(TrainConfig, load_toml(args.config), base=cfg)
+    cfg, preset = base_config(args.preset, args.config)
     cfg = validate_train(from_dict(TrainConfig, overrides, base=cfg))
     run_dir = args.run_dir or Path("runs") / f"{preset or Path(args.config).stem}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, preset, run_dir
