@@ -77,3 +77,29 @@ def test_cartpole_learning_improves_return(tmp_path):
     assert after > 150, (before, after)
     returns = [e.value for e in scalars(run_dir).Scalars("charts/episodic_return")]
     assert np.mean(returns[-20:]) > 2 * np.mean(returns[:20])
+
+
+def test_overlapped_training_stores_exactly_what_the_env_produced(tmp_path):
+    """Run the real loop (emulators stepping during updates), then replay the stored actions in a fresh env
+    with the same seed: every stored obs, action, reward, next obs and terminal flag must match."""
+    from agents.runner import Trainer
+    from rl.config import validate_train
+    from rl.replay import TERMINATED
+
+    cfg = validate_train(TrainConfig(num_envs=2, total_steps=700, learning_starts=200, buffer_size=2_000,
+                                     train_frequency=2, log_every=10**6, checkpoint_every=10**6, save_replay=False))
+    trainer = Trainer(cfg, tmp_path, show_progress=False)
+    trainer.train()
+    assert trainer.agent.updates > 100  # learning really overlapped the env steps
+    replay, steps = trainer.replay, trainer.step // cfg.num_envs
+    fresh = make_env(cfg)
+    obs = fresh.reset()
+    env_ids = np.arange(cfg.num_envs)
+    for t in range(steps - 1):
+        slot = np.full(cfg.num_envs, t)
+        np.testing.assert_array_equal(replay.stacks(slot, env_ids), obs)
+        out = fresh.step(replay.actions[t].astype(np.int64))
+        np.testing.assert_array_equal(replay.rewards[t], np.sign(out.reward))
+        np.testing.assert_array_equal((replay.flags[t] & TERMINATED) != 0, out.terminated)
+        obs = out.obs
+    trainer.close()
