@@ -133,7 +133,7 @@ def cut_streams(buffer: ReplayBuffer, tail: np.ndarray) -> None:
     if buffer.size == 0:
         return
     t = (buffer.cursor - 1) % buffer.slots
-    frames = buffer._newest_frame(tail)
+    frames = buffer.newest_frame(tail)
     for e in np.flatnonzero((buffer.flags[t] & (TERMINATED | TRUNCATED)) == 0):
         buffer.flags[t, e] |= TRUNCATED
         buffer.final_frames[t * buffer.num_envs + int(e)] = np.array(frames[e])
@@ -372,7 +372,7 @@ class ActorWorker:
             return None
         j = np.arange(self.steps - n - R, self.steps - n)
         t, env = np.repeat(j % local.slots, E), np.tile(np.arange(E), R)
-        batch = local._gather(t, env, np.ones(len(t), np.float32))    # the same n-step targets as sampling
+        batch = local.gather(t, env, np.ones(len(t), np.float32))    # the same n-step targets as sampling
         return td_priorities(self.agent, batch).reshape(R, E)
 
 

@@ -289,7 +289,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One value in TOML syntax (scalars, lists, inline tables)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -297,15 +298,15 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def dumps_toml(data: Mapping[str, Any]) -> str:
     """Flat TOML (scalars, lists, inline tables): enough for every config here."""
-    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in data.items())
+    return "".join(f"{key} = {toml_value(value)}\n" for key, value in data.items())
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse_cli_value(text: str) -> Any:
+def parse_cli_value(text: str) -> Any:
     """A CLI value parsed as a TOML value, so tables and lists use the same syntax as config files."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -356,7 +357,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
                                default=None, help=help_text)
         else:
             metavar = {int: "INT", float: "FLOAT", str: "STR", list: "LIST", dict: "TABLE"}[kind]
-            conv = str if kind is str else _parse_cli_value
+            conv = str if kind is str else parse_cli_value
             group.add_argument(_flag(f.name), dest=f.name, type=conv, default=None, metavar=metavar,
                                help=help_text)
 

@@ -72,7 +72,8 @@ class ReplayBuffer:
         self.rng = np.random.default_rng(seed)
 
     # --- writing --------------------------------------------------------------------------
-    def _newest_frame(self, obs: np.ndarray) -> np.ndarray:
+    def newest_frame(self, obs: np.ndarray) -> np.ndarray:
+        """The part of obs [N, *obs_shape] a slot stores: the newest frame of a stack, or the whole vector."""
         return obs[:, -1] if self.stack > 1 else obs
 
     def add(self, obs, action, reward, terminated, truncated, first, final_obs=None) -> None:
@@ -82,7 +83,7 @@ class ReplayBuffer:
         t = self.cursor
         for e in range(self.num_envs):  # forget the final frames this write overwrites
             self.final_frames.pop(t * self.num_envs + e, None)
-        self.frames[t] = self._newest_frame(obs)
+        self.frames[t] = self.newest_frame(obs)
         self.actions[t] = action
         self.rewards[t] = reward
         terminated = np.asarray(terminated, dtype=bool)
@@ -90,7 +91,7 @@ class ReplayBuffer:
         self.flags[t] = (terminated * TERMINATED | truncated * TRUNCATED
                          | np.asarray(first, dtype=bool) * FIRST).astype(np.uint8)
         if truncated.any():
-            finals = self._newest_frame(final_obs)
+            finals = self.newest_frame(final_obs)
             for e in np.flatnonzero(truncated):
                 self.final_frames[t * self.num_envs + int(e)] = finals[e].copy()
         self.cursor = (t + 1) % self.slots
@@ -132,9 +133,10 @@ class ReplayBuffer:
         age = self.rng.integers(lo, hi + 1, size=batch_size)
         env = self.rng.integers(0, self.num_envs, size=batch_size)
         t = (self._oldest() + age) % self.slots
-        return self._gather(t, env, np.ones(batch_size, dtype=np.float32))
+        return self.gather(t, env, np.ones(batch_size, dtype=np.float32))
 
-    def _gather(self, t: np.ndarray, env: np.ndarray, weight: np.ndarray) -> Batch:
+    def gather(self, t: np.ndarray, env: np.ndarray, weight: np.ndarray) -> Batch:
+        """The batch for slots ``t`` [B] of streams ``env`` [B]: stacks, n-step returns, discounts, bootstrap obs."""
         n, B = self.n, len(t)
         ts = (t[:, None] + np.arange(n)) % self.slots                           # [B, n]
         flags = self.flags[ts, env[:, None]]
@@ -291,7 +293,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         weight = (len(self) * p) ** (-beta)
         weight = (weight / weight.max()).astype(np.float32)                  # normalised so updates only shrink
         t, env = np.divmod(index, self.num_envs)
-        return self._gather(t, env, weight)
+        return self.gather(t, env, weight)
 
     def update_priorities(self, index: np.ndarray, priority: np.ndarray) -> None:
         """Set p_i = |delta_i| + eps for sampled ``index`` (flat slot ids)."""

@@ -228,7 +228,7 @@ def test_replay_server_never_mixes_actors_and_cuts_streams_at_a_restart(distribu
     # the cut transitions bootstrap from the tail the dead incarnation reported: sample them directly
     buffer = server.buffers[0]
     for e in range(cfg.num_envs):
-        cut = buffer._gather(np.array([last_t]), np.array([e]), np.ones(1, np.float32))
+        cut = buffer.gather(np.array([last_t]), np.array([e]), np.ones(1, np.float32))
         check_sample(cut, cfg.gamma, server.ids_per_buffer)
 
 
@@ -304,7 +304,7 @@ def test_actor_initial_priorities_land_on_their_transitions(distributed, ray_clu
     buffer = server.buffers[0]
     ready = 3 * 20 - cfg.n_step                               # steps with their 3-step future
     t, env = np.repeat(np.arange(ready), 2), np.tile(np.arange(2), ready)
-    batch = buffer._gather(t, env, np.ones(len(t), np.float32))
+    batch = buffer.gather(t, env, np.ones(len(t), np.float32))
     expected = (distributed.td_priorities(actor.agent, batch) + cfg.priority_eps) ** cfg.priority_alpha
     assert np.allclose(buffer.tree.get(t * 2 + env), expected, rtol=1e-5)
     assert (buffer.tree.get(np.arange(ready * 2, 60 * 2)) == 0).all()

@@ -28,7 +28,7 @@ def test_breakout_replay_rebuilds_exactly_what_the_agent_saw():
     stacks = buf.stacks(t, e)
     for i in range(len(t)):
         np.testing.assert_array_equal(stacks[i], log[t[i]][0][e[i]])
-    batch = buf._gather(t, e, np.ones(len(t), np.float32))
+    batch = buf.gather(t, e, np.ones(len(t), np.float32))
     for i in range(len(t)):
         obs, a, out = log[t[i]]
         assert batch.action[i] == a[e[i]]

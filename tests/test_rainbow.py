@@ -31,7 +31,7 @@ def one_stream(n_step, rewards, terminated, truncated, gamma=0.5):
 
 
 def gather(buf, t):
-    return buf._gather(np.array([t]), np.array([0]), np.ones(1, np.float32))
+    return buf.gather(np.array([t]), np.array([0]), np.ones(1, np.float32))
 
 
 def test_n_step_return_stops_at_termination():
