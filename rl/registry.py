@@ -191,10 +191,32 @@ def optimizer_kwargs(name: str, overrides: Mapping[str, Any] | None = None) -> d
     return kwargs
 
 
+def _fastest(entry: OptimizerEntry, params: list, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pick torch's fused kernel where the optimizer has one for these parameters, else the foreach one.
+
+    On CPU torch defaults to a per-tensor Python loop: for the Nature CNN, Adam's step takes ~6 ms
+    that way, ~1.5 ms with foreach and ~0.5 ms fused (same update rule). A caller's own
+    ``fused``/``foreach`` setting wins."""
+    if "fused" in kwargs or "foreach" in kwargs:
+        return kwargs
+    accepted = _accepted(entry.cls.__init__, 2)
+    if "fused" in accepted:
+        try:
+            entry.cls(params, **kwargs, fused=True)
+            return {**kwargs, "fused": True}
+        except RuntimeError:
+            pass  # this device or dtype has no fused kernel
+    return {**kwargs, "foreach": True} if "foreach" in accepted else kwargs
+
+
 def make_optimizer(name: str, params, overrides: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` over ``params``; ``overrides`` (e.g. ``{"lr": 1e-4}``) win over defaults."""
+    """Build optimizer ``name`` over ``params``; ``overrides`` (e.g. ``{"lr": 1e-4}``) win over defaults.
+    The fastest implementation torch has for the parameters' device is chosen (see :func:`_fastest`)."""
     entry = get_optimizer(name)
-    return _build_optimizer(entry, params, _optimizer_options(entry, overrides))
+    params = list(params)
+    kwargs = _optimizer_options(entry, overrides)
+    _build_optimizer(entry, params, kwargs)  # bad values are reported as the user wrote them
+    return _build_optimizer(entry, params, _fastest(entry, params, kwargs))
 
 
 def _probe(entry: LossEntry) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,6 +81,27 @@ def test_overrides_win_over_defaults_and_weight_decay_is_everywhere(name):
     assert all(group[k] == v for k, v in entry.defaults.items() if k not in ("lr", "weight_decay"))
 
 
+@pytest.mark.parametrize("name", optimizer_names())
+def test_fast_implementation_takes_the_same_steps_as_torchs_default(name):
+    """make_optimizer picks torch's fused or foreach kernel; the trajectory must match the plain loop."""
+    torch.manual_seed(0)
+    start = [torch.randn(6, 5), torch.randn(5)]
+    fast_params = [nn.Parameter(p.clone()) for p in start]
+    plain_params = [nn.Parameter(p.clone()) for p in start]
+    fast = make_optimizer(name, fast_params, {"lr": 0.01})
+    plain = make_optimizer(name, plain_params, {"lr": 0.01, "foreach": False})
+    group = fast.param_groups[0]
+    assert group.get("fused") or group.get("foreach"), "no fast kernel chosen"
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in start]
+        for params, optimizer in ((fast_params, fast), (plain_params, plain)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(fast_params, plain_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_defaults_cannot_be_changed_by_a_caller():
     with pytest.raises(TypeError):
         get_optimizer("adam").defaults["lr"] = 1.0
