@@ -58,6 +58,9 @@ class DQNAgent:
         if cfg.channels_last and len(obs_shape) == 3:
             use_channels_last(self.q)
         self.target = self.q if cfg.target == "none" else frozen_copy(self.q)
+        if cfg.compile:  # in place, so state_dict keys (and checkpoints) are the same as without it
+            for net in {id(self.q): self.q, id(self.target): self.target}.values():
+                net.encoder.compile()
         self.optimizer = make_optimizer(cfg.optimizer, self.q.parameters(),
                                         {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
         self.loss_fn = make_loss(cfg.loss)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import shutil
 import sys
 import tomllib
 import typing
@@ -119,6 +120,7 @@ class TrainConfig:
     precision: str = setting("fp32", "network arithmetic: fp32, or bf16 autocast (losses and targets stay fp32)",
                              choices=("fp32", "bf16"))
     channels_last: bool = setting(False, "NHWC memory layout for the CNN (faster convolutions on many CPUs and GPUs)")
+    compile: bool = setting(False, "torch.compile the encoder (a one-off compile; on CPU it needs a C++ compiler)")
     log_every: int = setting(1_000, "agent steps between TensorBoard scalar writes", low=1)
     checkpoint_every: int = setting(250_000, "agent steps between periodic checkpoints", low=1)
     keep_checkpoints: int = setting(3, "periodic checkpoints kept besides latest.pt", low=0)
@@ -242,6 +244,9 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"v_min = {cfg.v_min} is not allowed: must be < v_max ({cfg.v_max})")
         if get_loss(cfg.loss).name != "cross_entropy":
             raise ConfigError(f"loss = {cfg.loss!r} is not allowed with distributional = true: use cross_entropy")
+    if cfg.compile and cfg.device != "cuda" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        raise ConfigError("compile = true is not allowed here: torch.compile on CPU needs a C++ compiler "
+                          "(none of c++, g++, clang++ is on PATH); install one or set compile = false")
     try:
         optimizer_kwargs(cfg.optimizer, {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
         make_loss(cfg.loss)

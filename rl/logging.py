@@ -2,6 +2,8 @@
 the training process (so a run whose process died can be told from a running one)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import time
@@ -47,7 +49,8 @@ class Logger:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.trace")  # deprecated, still what add_graph uses
             try:
-                self.writer.add_graph(model, example)
+                with contextlib.redirect_stdout(io.StringIO()):  # add_graph prints its failures to stdout
+                    self.writer.add_graph(model, example)
             except RuntimeError as exc:
                 warnings.warn(f"network graph not logged: {str(exc).splitlines()[0]}", stacklevel=2)
 

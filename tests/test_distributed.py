@@ -325,24 +325,25 @@ def make_trainer(distributed, tmp_path, cfg, actors=2, name="run"):
 
 @pytest.mark.slow
 def test_distributed_cartpole_reaches_the_preset_target(distributed, ray_cluster, tmp_path):
-    """Two actors (epsilon 0.4 and 0.4^8) and a learner reach CartPole's target, a greedy mean >= 195 over 10
-    games (rl-evaluate's protocol, the run's own periodic evaluation), within 20k agent steps. CartPole DQN's
-    greedy return swings between evaluations until the preset's full 100k steps (single-process too), so the
-    target is "reached within the budget", not "held at its last step"."""
+    """The cartpole preset run by two actors (epsilon 0.4 and 0.4^8) and a learner reaches the single-process
+    preset's result: its final checkpoint scores >= 475 (CartPole-v1's solved line; the single-process preset
+    gives 500) under rl-evaluate's own protocol, 20 full games at epsilon 0.05."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from scripts import evaluate as evaluate_cli
 
     # small chunks and frequent weight syncs: CartPole's policy changes within a few hundred steps
-    cfg = cartpole(total_steps=20_000, eval_every=2_500, eval_episodes=10, eval_epsilon=0.0,
-                   actor_chunk_steps=10, weight_sync_every=20)
+    cfg = cartpole(eval_every=50_000, eval_episodes=5, actor_chunk_steps=10, weight_sync_every=20)
+    assert cfg.total_steps == 100_000 and cfg.lr_end_fraction == 0.0   # the preset's own budget and schedule
     trainer = make_trainer(distributed, tmp_path, cfg)
     try:
         assert trainer.train() == "finished"
     finally:
         trainer.close()
-    evaluations = [json.loads(line) for line in (tmp_path / "run/evaluations.jsonl").read_text().splitlines()]
-    assert len(evaluations) == 8 and all(e["episodes"] == 10 and e["protocol"]["epsilon"] == 0.0 for e in evaluations)
-    best = max(evaluations, key=lambda e: e["mean"])
-    assert best["mean"] >= 195, [(e["step"], e["mean"]) for e in evaluations]
+    result = tmp_path / "evaluation.json"
+    assert run_cli(evaluate_cli.main, [str(tmp_path / "run/checkpoints/latest.pt"), "--episodes", "20",
+                                       "--json", str(result)], prog="rl-evaluate") == 0
+    scores = json.loads(result.read_text())
+    assert scores["episodes"] == 20 and scores["mean"] >= 475, scores["returns"]
     payload = ckpt.load(tmp_path / "run/checkpoints/latest.pt")         # what rl-evaluate would load
     # updates follow the single-process schedule: one per train_frequency agent steps after learning_starts
     assert payload["agent"]["updates"] == pytest.approx((trainer.step - cfg.learning_starts) // 2, abs=8)

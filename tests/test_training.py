@@ -103,3 +103,30 @@ def test_overlapped_training_stores_exactly_what_the_env_produced(tmp_path):
         np.testing.assert_array_equal((replay.flags[t] & TERMINATED) != 0, out.terminated)
         obs = out.obs
     trainer.close()
+
+
+def test_compiled_encoder_takes_the_same_updates_and_checkpoints(monkeypatch):
+    """compile = true is a speed switch only: same updates (to float tolerance), same state_dict keys."""
+    from rl.config import ConfigError, validate_train
+    from rl.replay import Batch
+
+    cfg = TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32, 32], num_envs=1, device="cpu")
+    rng = np.random.default_rng(0)
+    batches = [Batch(rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 2, 16),
+                     rng.normal(size=16).astype(np.float32), np.full(16, 0.99, np.float32),
+                     rng.normal(size=(16, 4)).astype(np.float32), np.arange(16), np.ones(16, np.float32))
+               for _ in range(5)]
+    agents = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        agent = DQNAgent(validate_train(TrainConfig(**{**cfg.__dict__, "compile": compile})), (4,), 2)
+        for batch in batches:
+            agent.update(batch)
+        agents.append(agent)
+    eager, compiled = (a.state_dict()["q"] for a in agents)
+    assert list(eager) == list(compiled)
+    for key in eager:
+        torch.testing.assert_close(eager[key], compiled[key], rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="compile = true is not allowed here"):
+        validate_train(TrainConfig(**{**cfg.__dict__, "compile": True}))
