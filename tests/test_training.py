@@ -105,6 +105,31 @@ def test_overlapped_training_stores_exactly_what_the_env_produced(tmp_path):
     trainer.close()
 
 
+def test_overlap_adds_no_policy_lag(tmp_path):
+    """Each action is chosen after every update due so far has run: the same weights a serial
+    act -> step -> update loop would act with, however the updates overlap the emulators."""
+    from agents.runner import Trainer, updates_due
+    from rl.config import validate_train
+
+    cfg = validate_train(TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32], num_envs=2, total_steps=600,
+                                     learning_starts=100, train_frequency=1, buffer_size=1_000, batch_size=16,
+                                     log_every=10**6, checkpoint_every=10**6, save_replay=False))
+    trainer = Trainer(cfg, tmp_path, show_progress=False)
+    seen = []
+    act = trainer.agent.act
+
+    def recording_act(obs, epsilon):
+        seen.append((trainer.step, trainer.agent.updates))
+        return act(obs, epsilon)
+
+    trainer.agent.act = recording_act
+    trainer.train()
+    trainer.close()
+    assert len(seen) == cfg.total_steps // cfg.num_envs
+    assert [updates for _, updates in seen] == [updates_due(step - cfg.num_envs, cfg) for step, _ in seen]
+    assert seen[-1][1] > 400  # two updates per vector step really ran between actions
+
+
 def test_compiled_encoder_takes_the_same_updates_and_checkpoints(monkeypatch):
     """compile = true is a speed switch only: same updates (to float tolerance), same state_dict keys."""
     from rl.config import ConfigError, validate_train
