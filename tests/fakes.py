@@ -90,3 +90,11 @@ def drive(env, steps, seed=0, replay=None):
         log.append((obs, a, out))
         first, obs = out.episode_end, out.obs
     return log
+
+
+def random_batch(rng: np.random.Generator, size: int, obs_dim: int = 4, num_actions: int = 2):
+    """A replay-shaped batch of random vector observations (CartPole-sized by default), all weights 1."""
+    from rl.replay import Batch
+    return Batch(rng.normal(size=(size, obs_dim)).astype(np.float32), rng.integers(0, num_actions, size),
+                 rng.normal(size=size).astype(np.float32), np.full(size, 0.99, np.float32),
+                 rng.normal(size=(size, obs_dim)).astype(np.float32), np.arange(size), np.ones(size, np.float32))

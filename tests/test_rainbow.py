@@ -12,6 +12,7 @@ from agents.dqn import DQNAgent, project_distribution
 from rl.config import TrainConfig
 from rl.networks import NoisyLinear, make_q_network, random_shift
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec, SumTree
+from tests.fakes import random_batch
 
 CARTPOLE = TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32, 32], num_envs=1)
 
@@ -188,16 +189,13 @@ def test_double_dqn_picks_with_online_and_values_with_target(double, expected):
 
 def test_target_synced_every_update_is_the_same_as_no_target():
     """breakout-100k relies on it: hard sync after every update == target "none", update for update."""
-    from rl.replay import Batch
     rng = np.random.default_rng(0)
     agents = []
     for target in ("hard", "none"):
         torch.manual_seed(0)
         agents.append(DQNAgent(dataclasses.replace(CARTPOLE, double=True, target=target, target_update=1), (4,), 2))
     for _ in range(20):
-        obs, next_obs = rng.normal(size=(8, 4)).astype(np.float32), rng.normal(size=(8, 4)).astype(np.float32)
-        batch = Batch(obs, rng.integers(0, 2, 8), rng.normal(size=8).astype(np.float32),
-                      np.full(8, 0.99, np.float32), next_obs, np.arange(8), np.ones(8, np.float32))
+        batch = random_batch(rng, 8)
         hard, none = agents[0].update(batch), agents[1].update(batch)
         agents[0].sync_target()
         assert torch.equal(hard["td_error"], none["td_error"])

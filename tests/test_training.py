@@ -132,15 +132,12 @@ def test_overlap_adds_no_policy_lag(tmp_path):
 
 def test_compiled_encoder_takes_the_same_updates_and_checkpoints(monkeypatch):
     """compile = true is a speed switch only: same updates (to float tolerance), same state_dict keys."""
+    from tests.fakes import random_batch
     from rl.config import ConfigError, validate_train
-    from rl.replay import Batch
 
     cfg = TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32, 32], num_envs=1, device="cpu")
     rng = np.random.default_rng(0)
-    batches = [Batch(rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 2, 16),
-                     rng.normal(size=16).astype(np.float32), np.full(16, 0.99, np.float32),
-                     rng.normal(size=(16, 4)).astype(np.float32), np.arange(16), np.ones(16, np.float32))
-               for _ in range(5)]
+    batches = [random_batch(rng, 16) for _ in range(5)]
     agents = []
     for compile in (False, True):
         torch.manual_seed(0)
