@@ -45,7 +45,7 @@ from agents.runner import RunDirError, StopRequested, Trainer, TrainingDiverged,
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig
-from rl.logging import Logger, Progress, RateMeter
+from rl.logging import Logger, Progress, RateMeter, read_evaluations
 from rl.replay import TERMINATED, TRUNCATED, Batch, PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
 from rl.schedules import LinearSchedule
 
@@ -652,22 +652,6 @@ class DistributedTrainer(Trainer):
 
 # --- sweeps: one single-process run per Ray task ----------------------------------------------------
 
-def _evaluation_at(run_dir: Path, step: int) -> dict[str, Any] | None:
-    """The run's own evaluation at ``step`` from evaluations.jsonl, if it made one."""
-    try:
-        lines = (run_dir / "evaluations.jsonl").read_text().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue                                    # a torn last line
-        if record.get("step") == step:
-            return record
-    return None
-
-
 def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, threads: int) -> dict[str, Any]:
     """Train one grid point in this (Ray worker) process with the single-process Trainer, then score the
     final network with rl-evaluate's protocol (the run's own evaluation at the last step when eval_every
@@ -681,7 +665,7 @@ def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, thr
         try:
             result["status"] = trainer.train()
             result["step"] = trainer.step
-            final = _evaluation_at(run_dir_, trainer.step)
+            final = next((r for r in read_evaluations(run_dir_) if r["step"] == trainer.step), None)
             if final is None:
                 logger = Logger(run_dir_)
                 try:

@@ -1,8 +1,8 @@
 """The training loop: env -> agent.act -> replay -> agent.update -> logger / checkpoint.
 
 The emulators step in their own threads between ``env.send`` and ``env.recv`` while the learner
-updates on what the replay already holds, so the policy that picked the actions lags the learner by
-at most the updates of one vector step.
+updates on what the replay already holds. Every action is still chosen after all the updates due so
+far, the order of a serial act -> step -> update loop, so the overlap adds no policy lag.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from agents.evaluation import play, protocol_line, score_line
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
-from rl.logging import Logger, Progress, RateMeter, process_identity
+from rl.logging import Logger, Progress, RateMeter, process_identity, read_evaluations
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
 from rl.schedules import LinearSchedule
 
@@ -201,13 +201,20 @@ class Trainer:
 
     def evaluate(self, logger: Logger, progress: Progress | None = None) -> dict[str, Any]:
         """Score the current network with rl-evaluate's protocol on its own env and seed; log eval/* to
-        TensorBoard and append the results to evaluations.jsonl, which rl-runs reads."""
+        TensorBoard and append the results to evaluations.jsonl, which rl-runs reads. A mean above every
+        earlier one in evaluations.jsonl saves the network as ``best.pt``: DQN's final network is not always
+        its best (CartPole's can collapse late), and a user evaluating a run wants the one that scored."""
         cfg = self.cfg
         video = self.run_dir / "videos" / f"eval_step_{self.step}.mp4" if cfg.eval_video else None
         try:
             results = play(lambda env: self.agent, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon,
                            seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, video=video, video_episodes=1)
             results["step"] = self.step
+            results["best"] = results["mean"] > max((r["mean"] for r in read_evaluations(self.run_dir)),
+                                                    default=-math.inf)
+            if results["best"]:
+                self.check_finite()
+                self.checkpoints.save_best(self.payload())
             if video is not None:
                 results["video"]["path"] = str(video.relative_to(self.run_dir))    # the run dir may move
             with open(self.run_dir / "evaluations.jsonl", "a") as f:
@@ -224,7 +231,8 @@ class Trainer:
             values["eval/human_normalized"] = results["human_normalized"]
         logger.scalars(values, self.step)
         if progress is not None:
-            progress.write(f"eval at step {self.step:,}: {score_line(results)}\n  {protocol_line(results)}")
+            best = ", the best so far: saved as checkpoints/best.pt" if results["best"] else ""
+            progress.write(f"eval at step {self.step:,}: {score_line(results)}{best}\n  {protocol_line(results)}")
         return results
 
     # --- the loop -------------------------------------------------------------------------

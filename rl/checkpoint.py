@@ -97,7 +97,8 @@ def decode_meta(text: str) -> dict[str, Any]:
 # --- run directory layout -------------------------------------------------------------------
 
 class CheckpointDir:
-    """``latest.pt`` plus the last ``keep`` periodic ``step_<N>.pt`` files, and ``replay/`` beside them."""
+    """``latest.pt``, the last ``keep`` periodic ``step_<N>.pt`` files, ``best.pt`` (the network with the
+    best periodic evaluation so far) and ``replay/`` beside them."""
 
     def __init__(self, root: Path, keep: int):
         self.root = Path(root)
@@ -106,6 +107,15 @@ class CheckpointDir:
     @property
     def latest(self) -> Path:
         return self.root / "latest.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    def save_best(self, payload: dict[str, Any]) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        save(self.best, payload)
+        return self.best
 
     def periodic(self) -> list[Path]:
         found = [p for p in self.root.glob("step_*.pt") if re.fullmatch(r"step_\d+\.pt", p.name)]

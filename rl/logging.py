@@ -1,9 +1,11 @@
 """TensorBoard scalars under stable, namespaced names, a terminal progress bar, and the identity of
-the training process (so a run whose process died can be told from a running one)."""
+the training process (so a run whose process died can be told from a running one), and the run's
+evaluation record (``evaluations.jsonl``)."""
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import time
@@ -127,3 +129,20 @@ class RateMeter:
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_step, self.last_time = step, now
         return rate
+
+
+def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's evaluations by step. A torn last line (a crash mid-append) is skipped; a step evaluated
+    twice (a resumed run redoes the evaluations after its last checkpoint) keeps the newer result."""
+    by_step: dict[int, dict[str, Any]] = {}
+    try:
+        lines = (run_dir / "evaluations.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            by_step[int(record["step"])] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [by_step[s] for s in sorted(by_step)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl.config import ArgumentParser, ConfigError, load_toml, run_cli
-from rl.logging import process_alive
+from rl.logging import process_alive, read_evaluations
 
 COLUMNS = ("run", "preset", "env", "steps", "last eval", "best eval", "best hns", "wall time", "status")
 
@@ -26,23 +26,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR",
                         help="a directory of run directories, searched recursively (default: runs)")
     return parser
-
-
-def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's evaluations by step. A torn last line (a crash mid-append) is skipped; a step evaluated
-    twice (a resumed run redoes the evaluations after its last checkpoint) keeps the newer result."""
-    by_step: dict[int, dict[str, Any]] = {}
-    try:
-        lines = (run_dir / "evaluations.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-            by_step[int(record["step"])] = record
-        except (ValueError, KeyError, TypeError):
-            continue
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def run_status(info: dict[str, Any]) -> str:

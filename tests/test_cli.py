@@ -1,7 +1,6 @@
 """The command lines as users run them: bad input is one line, exit 2, nothing written."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

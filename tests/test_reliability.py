@@ -1,7 +1,6 @@
 """Runs survive interruption, crashes mid-save, corrupt or malicious files, NaNs and bad input."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -80,7 +80,7 @@ def test_stacks_never_cross_an_episode_start():
 def test_life_loss_keeps_stack_but_stops_bootstrap():
     env = FakeStackedEnv(num_envs=1, p_life=0.3, p_over=0.0, p_trunc=0.0)
     buf = ReplayBuffer(ReplaySpec(100, 1, env.obs_shape, env.obs_dtype, stack=4), seed=0)
-    ref = fill(env, buf, 80)
+    fill(env, buf, 80)
     batch = buf.sample(500)
     lost = [b for b in range(500) if batch.discount[b] == 0]
     assert lost

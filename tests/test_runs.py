@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rl.config import run_cli
+from rl.logging import read_evaluations
 from scripts import runs as runs_cli
 from scripts import train as train_cli
 
@@ -103,7 +104,7 @@ def test_reused_pid_is_not_mistaken_for_the_run(tmp_path, capsys):
 def test_evaluations_survive_torn_lines_and_resumes(tmp_path):
     lines = [{"step": 100, "mean": 1.0}, {"step": 200, "mean": 5.0}, {"step": 200, "mean": 4.0}]
     (tmp_path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3')
-    assert runs_cli.read_evaluations(tmp_path) == [{"step": 100, "mean": 1.0}, {"step": 200, "mean": 4.0}]
+    assert read_evaluations(tmp_path) == [{"step": 100, "mean": 1.0}, {"step": 200, "mean": 4.0}]
 
 
 @pytest.mark.parametrize("n, shown", [(0, "0"), (800, "800"), (2400, "2.4k"), (250_000, "250k"),

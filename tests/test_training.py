@@ -13,7 +13,7 @@ from agents.dqn import DQNAgent
 from agents.evaluation import evaluate
 from envs import make_env
 from rl import checkpoint as ckpt
-from rl.config import TrainConfig, from_dict, load_preset, run_cli
+from rl.config import TrainConfig, from_dict, run_cli
 from scripts import evaluate as evaluate_cli
 from scripts import train as train_cli
 

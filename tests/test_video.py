@@ -214,3 +214,28 @@ def test_periodic_evaluation_leaves_training_untouched(tmp_path):
     assert all(torch.equal(with_eval[k], without[k]) for k in without)
     assert len((tmp_path / "eval" / "evaluations.jsonl").read_text().splitlines()) == 4
     assert not (tmp_path / "plain" / "evaluations.jsonl").exists()
+
+
+def test_best_evaluation_keeps_its_network_as_best_pt(tmp_path, monkeypatch):
+    """best.pt is rewritten only when a periodic evaluation beats every earlier one, and holds the network
+    that scored it; latest.pt moves on."""
+    import agents.runner
+
+    real_play, means, snapshots = agents.runner.play, iter([3.0, 5.0, 4.0, 5.0]), []
+
+    def scripted_play(agent_for, cfg, **kwargs):
+        results = real_play(agent_for, cfg, **kwargs)
+        snapshots.append({k: v.clone() for k, v in agent_for(None).q.state_dict().items()})
+        return {**results, "mean": next(means)}
+
+    monkeypatch.setattr(agents.runner, "play", scripted_play)
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "100",
+                                    "--eval-every", "200", "--eval-episodes", "1", "--run-dir", str(tmp_path),
+                                    *QUIET]) == 0
+    records = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["best"]) for r in records] == [(200, True), (400, True), (600, False), (800, False)]
+    best = ckpt.load(tmp_path / "checkpoints" / "best.pt")
+    assert ckpt.decode_meta(best["meta"])["step"] == 400
+    assert all(torch.equal(best["agent"]["q"][k], snapshots[1][k]) for k in snapshots[1])
+    latest = ckpt.load(tmp_path / "checkpoints" / "latest.pt")["agent"]["q"]
+    assert not all(torch.equal(latest[k], snapshots[1][k]) for k in latest)
