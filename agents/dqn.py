@@ -180,11 +180,24 @@ class DQNAgent:
         self.updates += 1
         if self.cfg.target == "polyak":
             sync_target(self.target, self.q, self.cfg.tau)
+        if self.cfg.reset_every and self.updates % self.cfg.reset_every == 0:
+            self.reset_head()
         return {"td_loss": loss.detach(), "q_values": q_taken.detach().mean(), "grad_norm": grad_norm.detach(),
                 "td_error": td_error.detach(), "priority": priority}
 
     def sync_target(self) -> None:
         sync_target(self.target, self.q, 1.0)
+
+    def reset_head(self) -> None:
+        """Periodic reset (Nikishin et al. 2022, "The Primacy Bias in Deep RL"): re-initialise the head
+        after the encoder, forget its optimizer moments, and give the target net the same fresh head, so a
+        network that overfitted its first experience relearns its values from the whole replay."""
+        self.q.reset_head()
+        for stream in self.q.head():
+            for p in stream.parameters():
+                self.optimizer.state.pop(p, None)
+        for fresh, old in zip(self.q.head(), self.target.head()):
+            sync_target(old, fresh, 1.0)
 
     # --- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -106,6 +106,8 @@ class TrainConfig:
     priority_eps: float = setting(1e-6, "added to every priority so no transition starves", low=0.0, low_open=True)
     augmentation: bool = setting(False, "random shifts of the stacked frames, as in DrQ (Kostrikov et al. 2021)")
     aug_pad: int = setting(4, "random shift range in pixels", low=1, high=20)
+    reset_every: int = setting(0, "gradient updates between re-initialisations of the Q head, the layers after the "
+                                  "encoder (Nikishin et al. 2022); 0 = never", low=0)
     optimizer: str = setting("adam", "optimizer name from rl.registry", choices=_optimizer_choices)
     optimizer_kwargs: dict = setting(None, "extra optimizer options, e.g. {eps = 1.5e-4}", factory=dict)
     learning_rate: float = setting(1e-4, "optimizer step size", low=0.0, low_open=True)

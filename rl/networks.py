@@ -24,14 +24,23 @@ class NoisyLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        bound = 1 / math.sqrt(in_features)
-        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
-        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features), sigma0 * bound))
-        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
-        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma0 * bound))
+        self.in_features, self.out_features, self.sigma0 = in_features, out_features, sigma0
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_sigma = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias_mu = nn.Parameter(torch.empty(out_features))
+        self.bias_sigma = nn.Parameter(torch.empty(out_features))
         self.register_buffer("eps_in", torch.zeros(in_features))
         self.register_buffer("eps_out", torch.zeros(out_features))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """mu ~ U(-1/sqrt(in), 1/sqrt(in)), sigma = sigma0 / sqrt(in), as in the paper."""
+        bound = 1 / math.sqrt(self.in_features)
+        self.weight_mu.uniform_(-bound, bound)
+        self.bias_mu.uniform_(-bound, bound)
+        self.weight_sigma.fill_(self.sigma0 * bound)
+        self.bias_sigma.fill_(self.sigma0 * bound)
 
     @staticmethod
     def _scaled(n: int, device) -> torch.Tensor:
@@ -164,6 +173,17 @@ class QNetwork(nn.Module):
         for module in self.modules():
             if isinstance(module, NoisyLinear):
                 module.reset_noise()
+
+    def head(self) -> list[nn.Module]:
+        """The layers after the encoder: the advantage stream and, when dueling, the value stream."""
+        return [self.advantage] + ([self.value] if self.value is not None else [])
+
+    def reset_head(self) -> None:
+        """Draw the head's layers afresh (their initial distribution); the encoder keeps what it learned."""
+        for stream in self.head():
+            for module in stream.modules():
+                if isinstance(module, (nn.Linear, NoisyLinear)):
+                    module.reset_parameters()
 
 
 def make_q_network(kind: str, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int] = (120, 84),

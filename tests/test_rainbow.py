@@ -218,13 +218,50 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
         assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
 
 
+@pytest.mark.parametrize("noisy", [False, True], ids=["linear", "noisy"])
+def test_periodic_reset_redraws_the_head_only(noisy):
+    """reset_every = 3: the third update re-initialises the dueling head (online and target), drops its
+    optimizer moments and leaves the encoder exactly as an agent without resets has it."""
+    rng = np.random.default_rng(0)
+    agents = []
+    for reset_every in (0, 3):
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(CARTPOLE, dueling=True, noisy=noisy, target="hard", reset_every=reset_every)
+        agents.append(DQNAgent(cfg, (4,), 2))
+    plain, reset = agents
+    batches = [random_batch(rng, 8) for _ in range(3)]
+    for i, batch in enumerate(batches):
+        if i == 2:
+            before = {k: v.clone() for k, v in reset.q.state_dict().items()}
+        for agent in agents:
+            torch.manual_seed(i)                                          # the same noise draws for both
+            agent.update(batch)
+    encoder = [k for k in before if k.startswith("encoder.")]
+    head = [k for k in before if k.startswith(("advantage.", "value.")) and not k.split(".")[-1].startswith("eps")]
+    assert encoder and len(head) == (16 if noisy else 8)
+    now, untouched = reset.q.state_dict(), plain.q.state_dict()
+    assert all(torch.equal(now[k], untouched[k]) for k in encoder)        # the same step, no reset
+    for k in head:
+        assert not torch.equal(now[k], untouched[k]) and not torch.equal(now[k], before[k]), k
+        if k.endswith(("weight", "weight_mu")):                          # back inside the initial bound
+            assert now[k].abs().max() <= 1 / np.sqrt(now[k].shape[1]) + 1e-6, k
+    target = reset.target.state_dict()
+    assert all(torch.equal(target[k], now[k]) for k in head)
+    assert not torch.equal(target[encoder[0]], now[encoder[0]])         # the target's encoder keeps its schedule
+    head_params = {id(p) for stream in reset.q.head() for p in stream.parameters()}
+    moments = {id(p): bool(reset.optimizer.state.get(p)) for p in reset.q.parameters()}
+    assert not any(moments[i] for i in head_params) and all(v for i, v in moments.items() if i not in head_params)
+    reset.update(batches[0])                                              # and it keeps learning
+    assert all(torch.isfinite(p).all() for p in reset.q.parameters())
+
+
 # --- CartPole learns with every switch on, and with every switch off -----------------------------
 
 ALL_ON = dict(double=True, dueling=True, noisy=True, distributional=True, loss="cross_entropy", v_min=0.0,
-              v_max=100.0, num_atoms=51, prioritized=True, n_step=3, target="polyak", tau=0.01,
+              v_max=100.0, num_atoms=51, prioritized=True, n_step=3, target="polyak", tau=0.01, reset_every=8_000,
               epsilon_start=0.0, epsilon_end=0.0)
 ALL_OFF = dict(double=False, dueling=False, noisy=False, distributional=False, prioritized=False, n_step=1,
-               target="hard", loss="huber")
+               target="hard", loss="huber", reset_every=0)
 
 
 @pytest.mark.slow
