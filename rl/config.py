@@ -119,8 +119,9 @@ class TrainConfig:
     seed: int = setting(1, "seed for torch, numpy and the environments", low=0, high=2**31 - 1)
     device: str = setting("auto", "where the networks live", choices=("auto", "cpu", "cuda"))
     torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024)
-    precision: str = setting("fp32", "network arithmetic: fp32, or bf16 autocast (losses and targets stay fp32)",
-                             choices=("fp32", "bf16"))
+    precision: str = setting("fp32", "network arithmetic: fp32, bf16 autocast (losses and targets stay fp32), or "
+                                     "auto = bf16 where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX), "
+                                     "else fp32", choices=("fp32", "bf16", "auto"))
     channels_last: bool = setting(False, "NHWC memory layout for the CNN (faster convolutions on many CPUs and GPUs)")
     compile: bool = setting(False, "torch.compile the encoder (a one-off compile; on CPU it needs a C++ compiler)")
     log_every: int = setting(1_000, "agent steps between TensorBoard scalar writes", low=1)

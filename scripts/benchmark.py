@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = from_dict(TrainConfig, load_preset(args.preset))
     cfg = validate_train(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
     import torch
-    from agents.dqn import resolve_device
+    from agents.dqn import resolve_device, resolve_precision
     from envs import make_env
 
     if cfg.torch_threads:
@@ -137,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     obs_shape, obs_dtype, num_actions = probe.obs_shape, probe.obs_dtype, probe.num_actions
     probe.close()
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     print(f"rl-bench: {args.preset} on {device} ({torch.get_num_threads()} torch threads), {cfg.num_envs} envs, "
-          f"batch {cfg.batch_size}, train_frequency {cfg.train_frequency}", file=sys.stderr)
+          f"batch {cfg.batch_size}, train_frequency {cfg.train_frequency}, {precision}", file=sys.stderr)
 
     env_rate = env_ceiling(cfg, args.env_steps)
     update_rate = learner_ceiling(cfg, args.updates, obs_shape, num_actions, obs_dtype)
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
         "config": {"preset": args.preset, "num_envs": cfg.num_envs, "batch_size": cfg.batch_size,
-                   "train_frequency": cfg.train_frequency, "precision": getattr(cfg, "precision", "fp32")},
+                   "train_frequency": cfg.train_frequency, "precision": precision},
         "env_steps_per_s": env_rate,
         "learner_updates_per_s": update_rate,
         "learner_ms_per_update": 1e3 / update_rate,

@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rl-train: resuming {run_dir} at step {trainer.step:,}; {trainer.resume_note}", file=sys.stderr)
         else:
             print(f"rl-train: run directory {run_dir} (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+        if cfg.precision == "auto":
+            print(f"rl-train: precision auto -> {trainer.agent.precision} on {trainer.agent.device}", file=sys.stderr)
         try:
             status = trainer.train(stop_at=args.stop_at)
         except (TrainingDiverged, RunDirError) as exc:

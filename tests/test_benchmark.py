@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
-from rl.config import run_cli
+import pytest
+import torch
+
+from agents.dqn import DQNAgent, resolve_precision
+from rl.config import TrainConfig, from_dict, run_cli
 from scripts import benchmark
 
 
@@ -27,3 +31,17 @@ def test_benchmark_reports_all_figures(tmp_path, capsys):
 def test_benchmark_rejects_bad_budget(capsys):
     assert run_cli(benchmark.main, ["--updates", "0"]) == 2
     assert "--updates 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                         (False, True, "bf16")])
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    # emulated bf16 (an AVX2-only CPU) made breakout-100k's update 10x slower than fp32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    agent = DQNAgent(from_dict(TrainConfig, {"env": "cartpole", "network": "mlp", "precision": "auto"}), (4,), 2)
+    assert agent.precision == expected and agent.bf16 == (expected == "bf16")
+
