@@ -5,7 +5,8 @@
 
 The layout, and the only new code is the moving of data between the usual pieces:
 
-    ActorWorker i (Ray actor)  make_env + an acting copy of DQNAgent, epsilon_i fixed (Ape-X's spread);
+    ActorWorker i (Ray actor)  make_env + an acting copy of DQNAgent, epsilon_i from Ape-X's spread (fixed,
+                               or annealed down to it with actor_epsilon_anneal; the learner sends it);
                                every actor_chunk_steps vector steps it sends a Chunk (and, with prioritized
                                replay, the chunk's initial priorities) to the replay server
     ReplayServer (Ray actor)   one rl.replay buffer per actor, so an actor's env streams never mix with
@@ -58,6 +59,15 @@ def actor_epsilon(i: int, n: int, base: float, alpha: float) -> float:
     """Ape-X's exploration spread: actor i of n acts with eps_i = base^(1 + alpha * i / (n - 1));
     a single actor uses ``base``. With base 0.4 and alpha 7: 0.4 for actor 0 down to 0.4^8 = 0.00066."""
     return float(base ** (1 + alpha * i / (n - 1))) if n > 1 else float(base)
+
+
+def actor_epsilon_schedules(cfg: TrainConfig, actors: int) -> list[LinearSchedule]:
+    """Each actor's epsilon as a function of the run's agent steps: its Ape-X value throughout, or with
+    ``actor_epsilon_anneal`` falling to it from epsilon_start over exploration_fraction of the run, the
+    shape of the single-process schedule (an untrained net then explores on every actor, as it does there)."""
+    decay = int(cfg.exploration_fraction * cfg.total_steps)
+    finals = [actor_epsilon(i, actors, cfg.actor_epsilon_base, cfg.actor_epsilon_alpha) for i in range(actors)]
+    return [LinearSchedule(cfg.epsilon_start if cfg.actor_epsilon_anneal else e, e, decay) for e in finals]
 
 
 def check_config(cfg: TrainConfig, actors: int) -> None:
@@ -302,7 +312,7 @@ class ActorWorker:
         self.env = make_env(cfg, seed=seed)
         self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, "cpu")
         self.agent.rng = np.random.default_rng(seed)          # each actor its own exploration stream
-        self.epsilon = actor_epsilon(index, actors, cfg.actor_epsilon_base, cfg.actor_epsilon_alpha)
+        self.epsilon = actor_epsilon_schedules(cfg, actors)[index](0)   # the learner sends the current one
         self.stack = _stack_size(self.env.obs_shape, cfg)
         self.version = -1                                     # learner updates behind the weights held
         self.obs = self.env.reset()
@@ -324,10 +334,11 @@ class ActorWorker:
             self.agent.target.load_state_dict(tensors)
         self.version = version
 
-    def collect(self, weights: list, version: int) -> dict[str, Any]:
-        """Act ``actor_chunk_steps`` vector steps with the weights of learner update ``version`` (``weights``
-        holds their object ref, fetched only when the version changed), send the chunk to the replay and
-        return what the learner logs."""
+    def collect(self, weights: list, version: int, epsilon: float) -> dict[str, Any]:
+        """Act ``actor_chunk_steps`` vector steps at ``epsilon`` with the weights of learner update ``version``
+        (``weights`` holds their object ref, fetched only when the version changed), send the chunk to the
+        replay and return what the learner logs."""
+        self.epsilon = epsilon
         if version != self.version:
             self.set_weights(ray.get(weights[0]), version)
         started = time.perf_counter()
@@ -412,8 +423,7 @@ class DistributedTrainer(Trainer):
         self.restarts = [0] * actors  # times Ray restarted each actor (its newest incarnation seen)
         self.failures = [0] * actors  # calls that failed because the actor died
         self.incarnations_seen: dict[int, set[int]] = defaultdict(set)
-        self.epsilons = [actor_epsilon(i, actors, cfg.actor_epsilon_base, cfg.actor_epsilon_alpha)
-                         for i in range(actors)]
+        self.epsilons = actor_epsilon_schedules(cfg, actors)   # actor i's epsilon at agent step t: epsilons[i](t)
         self.check_extras(cfg)
 
     # --- checkpoints: the learner only ------------------------------------------------------------
@@ -464,7 +474,13 @@ class DistributedTrainer(Trainer):
         self._write_marker(workers=where[:-1], replay=where[-1])
         nodes = sorted({w["node"] for w in where})
         progress.write(f"rl-train: {self.num_actors} actors on {len(nodes)} node(s) ({', '.join(nodes)}), "
-                       f"epsilons {', '.join(f'{e:.3g}' for e in self.epsilons)}; replay on {where[-1]['node']}")
+                       f"epsilons {self._epsilon_text()}; replay on {where[-1]['node']}")
+
+    def _epsilon_text(self) -> str:
+        if self.cfg.actor_epsilon_anneal:
+            return (f"{self.cfg.epsilon_start:.3g} -> {', '.join(f'{e.end:.3g}' for e in self.epsilons)} "
+                    f"over {self.epsilons[0].duration:,} steps")
+        return ", ".join(f"{e.end:.3g}" for e in self.epsilons)
 
     def _write_marker(self, **where: Any) -> None:
         """RUN_DIR/distributed.json: this run's checkpoints hold the learner only (rl-train refuses to resume it
@@ -512,7 +528,6 @@ class DistributedTrainer(Trainer):
         next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else float("inf")
         started = time.perf_counter()
         status = "finished"
-        logger.scalars({f"distributed/actor_{i}/epsilon": e for i, e in enumerate(self.epsilons)}, self.step)
 
         def publish() -> None:
             state = {k: v.detach().cpu().numpy() for k, v in agent.q.state_dict().items()}
@@ -531,7 +546,8 @@ class DistributedTrainer(Trainer):
                 coming = self.step + len(in_flight) * chunk_steps
                 if coming >= cfg.total_steps or owed() > max_backlog:
                     return
-                in_flight[self.actors[i].collect.remote([published["ref"]], published["version"])] = i
+                in_flight[self.actors[i].collect.remote([published["ref"]], published["version"],
+                                                        self.epsilons[i](self.step))] = i
                 idle.discard(i)
 
         def harvest(timeout: float) -> None:
@@ -618,6 +634,7 @@ class DistributedTrainer(Trainer):
                               "distributed/replay_insert_per_s": (self.step - last["steps"]) / dt,
                               "distributed/replay_sample_per_s": updates * cfg.batch_size / dt,
                               "distributed/actor_restarts": sum(self.restarts)}
+                    values.update({f"distributed/actor_{i}/epsilon": e(self.step) for i, e in enumerate(self.epsilons)})
                     for i in range(self.num_actors):
                         if window[f"seconds_{i}"] > 0:
                             values[f"distributed/actor_{i}/steps_per_s"] = window[f"steps_{i}"] / window[f"seconds_{i}"]

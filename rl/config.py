@@ -138,6 +138,9 @@ class TrainConfig:
     actor_epsilon_base: float = setting(0.4, "Ape-X: actor i of N explores with eps = base^(1 + alpha * i / (N - 1))",
                                         low=0.0, high=1.0)
     actor_epsilon_alpha: float = setting(7.0, "Ape-X: the alpha of actor_epsilon_base's spread", low=0.0)
+    actor_epsilon_anneal: bool = setting(False, "each actor's epsilon falls linearly from epsilon_start to its Ape-X "
+                                                "value over exploration_fraction of total_steps (false: fixed from "
+                                                "the start, as in Ape-X)")
     actor_chunk_steps: int = setting(50, "vector steps an actor collects per chunk sent to the replay "
                                          "(num_envs agent steps each)", low=1)
     weight_sync_every: int = setting(100, "learner updates between weight publications to the actors", low=1)

@@ -277,6 +277,19 @@ def test_actor_epsilons_follow_apex(distributed):
     assert distributed.actor_epsilon(0, 1, 0.4, 7.0) == pytest.approx(0.4)
 
 
+@pytest.mark.parametrize("anneal", [False, True])
+def test_actor_epsilon_schedules_end_at_the_apex_spread(distributed, anneal):
+    cfg = cartpole(actor_epsilon_anneal=anneal)           # epsilon_start 1, exploration over 20k of 100k steps
+    schedules = distributed.actor_epsilon_schedules(cfg, 2)
+    apex = [0.4, 0.4 ** 8]
+    assert [s(20_000) for s in schedules] == pytest.approx(apex)
+    assert [s(10**6) for s in schedules] == pytest.approx(apex)
+    at_start = [s(0) for s in schedules]
+    assert at_start == pytest.approx([1.0, 1.0] if anneal else apex)
+    halfway = [s(10_000) for s in schedules]
+    assert halfway == pytest.approx([(1.0 + e) / 2 for e in apex] if anneal else apex)
+
+
 # --- with a local Ray (2 CPUs) ----------------------------------------------------------------------
 
 class LocalHandle:
@@ -299,7 +312,7 @@ def test_actor_initial_priorities_land_on_their_transitions(distributed, ray_clu
     actor = distributed.ActorWorker(cfg, 0, 1, "replay")
     state = {k: v.numpy() for k, v in actor.agent.q.state_dict().items()}
     for _ in range(3):
-        stats = actor.collect([ray.put(state)], 0)
+        stats = actor.collect([ray.put(state)], 0, 0.4)
     assert stats["steps"] == 40
     buffer = server.buffers[0]
     ready = 3 * 20 - cfg.n_step                               # steps with their 3-step future
