@@ -31,7 +31,9 @@ def native_bf16(device: torch.device) -> bool:
     bf16 autocast runs about 10x slower than fp32 (README, Performance)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # torch's own CPU probes (private helpers: a torch without them counts as "not native", so fp32)
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe is not None and probe() for probe in probes)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
