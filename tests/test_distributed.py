@@ -350,9 +350,9 @@ def test_distributed_cartpole_learns_to_the_solved_line(distributed, ray_cluster
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from scripts import evaluate as evaluate_cli
 
-    # small chunks and frequent weight syncs: CartPole's policy changes within a few hundred steps
-    cfg = cartpole(eval_every=10_000, eval_episodes=10, actor_chunk_steps=10, weight_sync_every=20)
+    cfg = cartpole(eval_every=10_000, eval_episodes=10)
     assert cfg.total_steps == 100_000 and cfg.lr_end_fraction == 0.0   # the preset's own budget and schedule
+    assert (cfg.actor_chunk_steps, cfg.weight_sync_every) == (10, 20)  # and its short chunks, frequent syncs
     trainer = make_trainer(distributed, tmp_path, cfg)
     try:
         assert trainer.train() == "finished"
