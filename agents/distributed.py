@@ -167,7 +167,7 @@ def td_priorities(agent: DQNAgent, batch: Batch) -> np.ndarray:
     return priority.float().cpu().numpy()
 
 
-def _writable(batch: Batch) -> Batch:
+def writable_batch(batch: Batch) -> Batch:
     """Arrays Ray hands back are read-only views of its object store; torch wants writable memory."""
     return Batch(*(np.require(a, requirements="W") for a in batch))
 
@@ -387,6 +387,28 @@ class ActorWorker:
         return td_priorities(self.agent, batch).reshape(R, E)
 
 
+def start_workers(cfg: TrainConfig, obs_shape, obs_dtype: np.dtype, num_actions: int, actors: int) -> tuple[Any, list]:
+    """Start the replay server (on this node: batches cross no network; it needs memory, not a core) and
+    ``actors`` ActorWorkers spread over the cluster; returns their handles (server, [actor 0, ...])."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    here = ray.get_runtime_context().get_node_id()
+    replay_name = f"rl-replay-{os.getpid()}-{time.time_ns()}"
+    server = ray.remote(ReplayServer).options(
+        name=replay_name, num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+    ).remote(cfg, obs_shape, np.dtype(obs_dtype).str, num_actions, actors)
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    per_actor = min(1.0, cpus / actors)                    # more actors than cores share them
+    worker = ray.remote(ActorWorker).options(num_cpus=per_actor, max_restarts=cfg.actor_max_restarts,
+                                             max_task_retries=0, scheduling_strategy="SPREAD")
+    return server, [worker.remote(cfg, i, actors, replay_name) for i in range(actors)]
+
+
+def publish_weights(agent: DQNAgent) -> Any:
+    """The Q weights as host arrays in Ray's object store; actors fetch them by reference."""
+    return ray.put({k: v.detach().cpu().numpy() for k, v in agent.q.state_dict().items()})
+
+
 # --- the learner ---------------------------------------------------------------------------------
 
 class DistributedTrainer(Trainer):
@@ -457,19 +479,8 @@ class DistributedTrainer(Trainer):
 
     # --- workers -------------------------------------------------------------------------------------
     def _start_workers(self, progress: Progress) -> None:
-        cfg, here = self.cfg, ray.get_runtime_context().get_node_id()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        # the replay beside the learner: batches cross no network; it needs memory, not a core
-        replay_name = f"rl-replay-{os.getpid()}-{time.time_ns()}"
-        self.server = ray.remote(ReplayServer).options(
-            name=replay_name, num_cpus=0, max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
-        ).remote(cfg, self.obs_shape, self.obs_dtype.str, self.num_actions, self.num_actors)
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        per_actor = min(1.0, cpus / self.num_actors)           # more actors than cores share them
-        worker = ray.remote(ActorWorker).options(num_cpus=per_actor, max_restarts=cfg.actor_max_restarts,
-                                                 max_task_retries=0, scheduling_strategy="SPREAD")
-        self.actors = [worker.remote(cfg, i, self.num_actors, replay_name) for i in range(self.num_actors)]
+        self.server, self.actors = start_workers(self.cfg, self.obs_shape, self.obs_dtype, self.num_actions,
+                                                 self.num_actors)
         where = ray.get([a.identity.remote() for a in self.actors] + [self.server.identity.remote()])
         self._write_marker(workers=where[:-1], replay=where[-1])
         nodes = sorted({w["node"] for w in where})
@@ -530,8 +541,7 @@ class DistributedTrainer(Trainer):
         status = "finished"
 
         def publish() -> None:
-            state = {k: v.detach().cpu().numpy() for k, v in agent.q.state_dict().items()}
-            published.update(ref=ray.put(state), version=agent.updates)
+            published.update(ref=publish_weights(agent), version=agent.updates)
 
         def owed() -> int:
             """Updates the schedule asks for now; while there is nothing to learn from they are forgiven."""
@@ -607,7 +617,7 @@ class DistributedTrainer(Trainer):
                                   if rest > 0 else None)                          # fetched while these train
                     index, priority = [], []
                     for batch in batches:
-                        metrics = agent.update(_writable(batch))
+                        metrics = agent.update(writable_batch(batch))
                         if cfg.prioritized:
                             index.append(batch.index)
                             priority.append(metrics["priority"].float().cpu().numpy())

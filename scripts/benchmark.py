@@ -2,6 +2,7 @@
 
     rl-bench                          # breakout preset on the default device
     rl-bench --json bench.json --train-steps 4000
+    rl-bench --actors 2               # and Ape-X on Ray: acting with 1 and 2 actors, the learner via the replay actor
 
 Prints a table and, with --json, writes the figures. Every rate is measured in this process, so
 ratios between them hold even on a shared, noisy machine.
@@ -22,6 +23,7 @@ import numpy as np
 
 from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, from_dict, load_preset,
                        overrides_from_args, run_cli, validate_train)
+from scripts.train import add_distributed_flags, check_distributed_flags
 
 
 def build_parser() -> ArgumentParser:
@@ -33,6 +35,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--train-steps", type=int, default=4_000, help="agent steps of real training, after learning starts")
     parser.add_argument("--fill-steps", type=int, default=2_000, help="agent steps before learning starts in that run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    add_distributed_flags(parser, "also measure Ape-X on Ray: env steps/s delivered to the replay by 1..N actors "
+                                  "(--env-steps each) and the learner's updates/s on batches from it")
     add_config_flags(parser, TrainConfig)
     return parser
 
@@ -120,13 +124,83 @@ def end_to_end(cfg: TrainConfig, fill: int, steps: int) -> float:
     return rate
 
 
+def distributed_figures(cfg: TrainConfig, actors: int, steps: int, updates: int, address: str | None,
+                        obs_shape, obs_dtype, num_actions) -> dict:
+    """Ape-X on Ray, the figures to size a cluster by, with rl-train --actors' own workers: the env steps/s
+    that the first k = 1..actors ActorWorkers deliver into the ReplayServer (an untrained policy at each
+    actor's settled epsilon; chunks as in training, the insert's round trip included), and the learner's
+    updates/s on batches sampled from that server (the next block fetched while one trains, as in training)."""
+    import ray
+    import torch
+    from agents import distributed as dist
+    from agents.dqn import DQNAgent, resolve_device
+
+    owns_ray = dist.connect(address)
+    server, workers = None, []
+    try:
+        server, workers = dist.start_workers(cfg, obs_shape, obs_dtype, num_actions, actors)
+        agent = DQNAgent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
+        weights = [dist.publish_weights(agent)]
+        epsilon = [e(cfg.total_steps) for e in dist.actor_epsilon_schedules(cfg, actors)]
+
+        def collect(i: int):
+            return workers[i].collect.remote(weights, 0, epsilon[i])
+
+        ray.get([collect(i) for i in range(actors)])            # warm-up: weights fetched, envs stepping
+        chunk = cfg.actor_chunk_steps * cfg.num_envs
+        acting = {}
+        for k in range(1, actors + 1):
+            chunks = -(-steps // chunk)                          # this many chunks from k actors, kept busy
+            start = time.perf_counter()
+            in_flight = {collect(i): i for i in range(min(k, chunks))}
+            submitted, delivered = len(in_flight), 0
+            while in_flight:
+                (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+                i = in_flight.pop(ref)
+                delivered += ray.get(ref)["steps"]
+                if submitted < chunks:
+                    in_flight[collect(i)] = i
+                    submitted += 1
+            acting[str(k)] = delivered / (time.perf_counter() - start)
+        inserted = ray.get(server.stats.remote())["inserted"]
+
+        block, beta = dist.SAMPLE_BLOCK, cfg.priority_beta_start
+        rounds = -(-updates // block)
+        for batch in ray.get(server.sample.remote(cfg.batch_size, beta, 2))[0]:    # warm-up
+            agent.update(dist.writable_batch(batch))
+        start = time.perf_counter()
+        ref = server.sample.remote(cfg.batch_size, beta, block)
+        for r in range(rounds):
+            batches, _ = ray.get(ref)
+            ref = server.sample.remote(cfg.batch_size, beta, block) if r + 1 < rounds else None
+            for batch in batches:
+                agent.update(dist.writable_batch(batch))
+        if agent.device.type == "cuda":
+            torch.cuda.synchronize()
+        learner = rounds * block / (time.perf_counter() - start)
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    finally:
+        for handle in [*workers, server]:
+            if handle is not None:
+                ray.kill(handle, no_restart=True)
+        if owns_ray:
+            ray.shutdown()
+    return {"actors": actors, "cluster_cpus": cpus, "envs_per_actor": cfg.num_envs,
+            "actor_chunk_steps": cfg.actor_chunk_steps, "acting_env_steps_per_s": acting,
+            "replay_inserted": inserted, "learner_updates_per_s": learner}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("env_steps", "updates", "replay_steps", "train_steps", "fill_steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is not allowed: must be >= 1")
+    check_distributed_flags(args)
     cfg = from_dict(TrainConfig, load_preset(args.preset))
     cfg = validate_train(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
+    if args.actors:
+        from agents.distributed import check_config
+        check_config(cfg, args.actors)
     import torch
     from agents.dqn import resolve_device, resolve_precision
     from envs import make_env
@@ -145,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     update_rate = learner_ceiling(cfg, args.updates, obs_shape, num_actions, obs_dtype)
     replay = replay_figures(cfg, args.replay_steps, obs_shape, obs_dtype, num_actions)
     e2e = end_to_end(cfg, args.fill_steps, args.train_steps)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # before Ray joins this process
+    apex = (distributed_figures(cfg, args.actors, args.env_steps, args.updates, args.ray_address, obs_shape,
+                                obs_dtype, num_actions) if args.actors else None)
     learner_steps = cfg.train_frequency * update_rate
     bound_overlap = min(env_rate, learner_steps)
     bound_serial = 1 / (1 / env_rate + 1 / learner_steps)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     results = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
@@ -166,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_to_serial_bound": e2e / bound_serial,
         "peak_rss_bytes": peak_rss,
     }
+    if apex is not None:
+        results["distributed"] = apex
     rows = [
         ("env ceiling", f"{env_rate:,.0f} steps/s", f"{cfg.num_envs} envs, {cfg.env_threads or 'auto'} threads"),
         ("learner ceiling", f"{update_rate:,.1f} updates/s", f"{1e3 / update_rate:.2f} ms/update = "
@@ -179,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("ratio to serial", f"{e2e / bound_serial:.1%}", f"of 1/(1/env + 1/learner) = {bound_serial:,.0f} steps/s"),
         ("peak RSS", f"{peak_rss / 2**20:,.0f} MiB", ""),
     ]
+    if apex is not None:
+        where = f"{apex['cluster_cpus']:g} Ray CPUs, {cfg.num_envs} envs and chunks of {cfg.actor_chunk_steps} steps each"
+        rows += [(f"Ape-X {k} actor{'s' * (k != '1')}", f"{rate:,.0f} steps/s", f"into the replay actor; {where}")
+                 for k, rate in apex["acting_env_steps_per_s"].items()]
+        rows.append(("Ape-X learner", f"{apex['learner_updates_per_s']:,.1f} updates/s",
+                     f"batches sampled from the replay actor ({update_rate:,.1f} in-process)"))
     width = max(len(r[1]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<16} {value:>{width}}  {note}")

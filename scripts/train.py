@@ -28,12 +28,28 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="checkpoint and stop (resumable) once STEP agent "
                         "steps are done, e.g. to fit a time-boxed job")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
-    parser.add_argument("--actors", type=int, metavar="N", help="Ape-X distributed acting: N Ray actors (num_envs envs "
-                        "each) feed a replay actor while this process learns; needs the distributed extra")
-    parser.add_argument("--ray-address", metavar="ADDRESS", help="with --actors: join this Ray cluster ('auto': the one "
-                        "'ray start' runs on this node); default: start Ray here with this machine's cores")
+    add_distributed_flags(parser, "Ape-X distributed acting: N Ray actors (num_envs envs each) feed a replay actor "
+                                  "while this process learns; needs the distributed extra")
     add_config_flags(parser, TrainConfig)
     return parser
+
+
+def add_distributed_flags(parser: ArgumentParser, actors_help: str) -> None:
+    """--actors N and --ray-address, shared by rl-train and rl-bench."""
+    parser.add_argument("--actors", type=int, metavar="N", help=actors_help)
+    parser.add_argument("--ray-address", metavar="ADDRESS", help="with --actors: join this Ray cluster ('auto': the one "
+                        "'ray start' runs on this node); default: start Ray here with this machine's cores")
+
+
+def check_distributed_flags(args) -> None:
+    """Refuse bad --actors / --ray-address values, and --actors without Ray installed, before any work."""
+    import importlib.util
+    if args.actors is not None and args.actors < 1:
+        raise ConfigError(f"--actors {args.actors} is not allowed: must be >= 1")
+    if args.ray_address is not None and args.actors is None:
+        raise ConfigError("--ray-address needs --actors N")
+    if args.actors is not None and importlib.util.find_spec("ray") is None:
+        raise ConfigError("--actors needs Ray, which is not installed: pip install -e '.[distributed]'")
 
 
 def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
@@ -58,9 +74,6 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
 def distributed_trainer(args, cfg: TrainConfig):
     """--actors N: check the layout, connect to Ray (imported only on this path) and return the trainer class."""
     import functools
-    import importlib.util
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError("--actors needs Ray, which is not installed: pip install -e '.[distributed]'")
     from agents.distributed import DistributedTrainer, check_config, connect
     check_config(cfg, args.actors)
     return functools.partial(DistributedTrainer, actors=args.actors, owns_ray=connect(args.ray_address))
@@ -70,10 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         raise ConfigError(f"--stop-at {args.stop_at} is not allowed: must be >= 1")
-    if args.actors is not None and args.actors < 1:
-        raise ConfigError(f"--actors {args.actors} is not allowed: must be >= 1")
-    if args.ray_address is not None and args.actors is None:
-        raise ConfigError("--ray-address needs --actors N")
+    check_distributed_flags(args)
     # distributed.json marks a run whose checkpoints hold the learner only (agents/distributed.py)
     if args.resume is not None and args.actors is None and (args.resume / "distributed.json").exists():
         raise ConfigError(f"--resume {args.resume}: this run was trained with --actors; resume it with --actors N")

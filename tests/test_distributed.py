@@ -70,8 +70,8 @@ for pkg in ("rl", "agents", "envs", "scripts", "presets"):
     for m in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + "."):
         if m.name != "agents.distributed":
             importlib.import_module(m.name)
-from scripts import train, sweep
-for main in (train.main, sweep.main):
+from scripts import benchmark, train, sweep
+for main in (train.main, sweep.main, benchmark.main):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         main(["--help"])
 bad = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
@@ -93,14 +93,30 @@ def test_train_rejects_bad_distributed_flags(argv, names, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("argv,names", [
+    (["--actors", "0"], "--actors 0"),
+    (["--ray-address", "auto"], "--ray-address needs --actors"),
+    (["--actors", "2", "--buffer-size", "100"], "buffer_size = 100"),
+])
+def test_bench_rejects_bad_distributed_flags_before_measuring(argv, names, capsys, monkeypatch):
+    from scripts import benchmark
+    monkeypatch.setattr(benchmark, "env_ceiling", lambda *a: pytest.fail("measured before checking the flags"))
+    if "--buffer-size" in argv:
+        pytest.importorskip("ray", reason=NO_RAY)             # the layout check lives in agents.distributed
+    assert names in one_line_error(benchmark.main, ["--preset", "cartpole", *argv], capsys, prog="rl-bench")
+
+
 def test_actors_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     import importlib.util
+    from scripts import benchmark
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     line = one_line_error(train_cli.main, ["--preset", "cartpole", "--actors", "2", "--run-dir", str(tmp_path / "r")],
                           capsys)
     assert "needs Ray" in line and ".[distributed]" in line
     assert not (tmp_path / "r").exists()
+    line = one_line_error(benchmark.main, ["--preset", "cartpole", "--actors", "2"], capsys, prog="rl-bench")
+    assert "needs Ray" in line and ".[distributed]" in line
 
 
 @pytest.mark.parametrize("argv,names", [
@@ -403,6 +419,24 @@ def test_killed_actor_is_restarted_and_training_goes_on(distributed, ray_cluster
     assert alive["incarnation"] == 1 and trainer.restarts[0] >= 1
     assert trainer.incarnations_seen[0] == {0, 1}                   # chunks before and after the restart
     assert trainer.agent.updates == pytest.approx((trainer.step - cfg.learning_starts) // 2, abs=8)
+
+
+def test_bench_measures_apex_acting_and_the_learner_through_the_replay_actor(distributed, ray_cluster, tmp_path,
+                                                                             capsys):
+    """rl-bench --actors 2: acting rates for 1 and 2 actors, every chunk they report landed in the replay
+    actor (2 warm-up chunks, then 2 x ceil(800 / 40) measured ones), and the learner's rate through it."""
+    from scripts import benchmark
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "cartpole", "--actors", "2", "--env-steps", "800", "--updates", "16", "--replay-steps", "400",
+            "--train-steps", "200", "--fill-steps", "200", "--torch-threads", "1", "--json", str(out)]
+    assert run_cli(benchmark.main, argv, prog="rl-bench") == 0
+    printed = capsys.readouterr().out
+    assert "Ape-X 1 actor " in printed and "Ape-X 2 actors" in printed and "Ape-X learner" in printed
+    apex = json.loads(out.read_text())["distributed"]
+    chunk = 10 * 4                                                   # the preset's actor_chunk_steps x num_envs
+    assert apex["replay_inserted"] == 2 * chunk + 2 * 20 * chunk
+    assert set(apex["acting_env_steps_per_s"]) == {"1", "2"} and min(apex["acting_env_steps_per_s"].values()) > 0
+    assert apex["learner_updates_per_s"] > 0 and apex["cluster_cpus"] == 2
 
 
 def test_sweep_of_two_seeds(distributed, ray_cluster, tmp_path, capsys):
