@@ -88,6 +88,17 @@ def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_
     return 1.0 / timed(one, updates)
 
 
+def augmentation_ms(cfg: TrainConfig, obs_shape, obs_dtype) -> float | None:
+    """Milliseconds of DrQ's random shift per update (obs and next_obs of one batch), already inside the
+    learner ceiling; None when the config has no augmentation or no images."""
+    if not cfg.augmentation or len(obs_shape) != 3:
+        return None
+    import torch
+    from rl.networks import random_shift
+    obs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (cfg.batch_size, *obs_shape)).astype(obs_dtype))
+    return 2e3 * timed(lambda: random_shift(obs, cfg.aug_pad), 200)
+
+
 def replay_figures(cfg: TrainConfig, steps: int, obs_shape, obs_dtype, num_actions) -> dict:
     from rl.replay import ReplayBuffer, ReplaySpec
     spec = ReplaySpec(capacity=max(steps, cfg.batch_size * 4), num_envs=cfg.num_envs, obs_shape=obs_shape,
@@ -217,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     env_rate = env_ceiling(cfg, args.env_steps)
     update_rate = learner_ceiling(cfg, args.updates, obs_shape, num_actions, obs_dtype)
+    augment = augmentation_ms(cfg, obs_shape, obs_dtype)
     replay = replay_figures(cfg, args.replay_steps, obs_shape, obs_dtype, num_actions)
     e2e = end_to_end(cfg, args.fill_steps, args.train_steps)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # before Ray joins this process
@@ -234,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env_steps_per_s": env_rate,
         "learner_updates_per_s": update_rate,
         "learner_ms_per_update": 1e3 / update_rate,
+        "augmentation_ms_per_update": augment,
         "replay": replay,
         "train_steps_per_s": e2e,
         "bound_overlapped_steps_per_s": bound_overlap,
@@ -248,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("env ceiling", f"{env_rate:,.0f} steps/s", f"{cfg.num_envs} envs, {cfg.env_threads or 'auto'} threads"),
         ("learner ceiling", f"{update_rate:,.1f} updates/s", f"{1e3 / update_rate:.2f} ms/update = "
                                                               f"{learner_steps:,.0f} steps/s at train_frequency {cfg.train_frequency}"),
+        *([("augmentation", f"{augment:.2f} ms/update", f"random shift of obs and next_obs, {cfg.batch_size} each "
+                                                          f"(inside the learner ceiling)")] if augment is not None else []),
         ("replay insert", f"{replay['insert_per_s']:,.0f} transitions/s", ""),
         ("replay sample", f"{replay['sample_batches_per_s']:,.0f} batches/s", f"{replay['sample_ms']:.3f} ms per batch of {cfg.batch_size}"),
         ("replay memory", f"{replay['bytes_per_transition']:,} B/transition",

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from agents.dqn import DQNAgent, resolve_precision
-from rl.config import TrainConfig, from_dict, run_cli
+from rl.config import TrainConfig, from_dict, load_preset, run_cli
 from scripts import benchmark
 
 
@@ -26,6 +27,7 @@ def test_benchmark_reports_all_figures(tmp_path, capsys):
     for key in ("env_steps_per_s", "learner_updates_per_s", "train_steps_per_s", "peak_rss_bytes"):
         assert figures[key] > 0
     assert figures["ratio_to_overlapped_bound"] == figures["train_steps_per_s"] / figures["bound_overlapped_steps_per_s"]
+    assert figures["augmentation_ms_per_update"] is None and "augmentation" not in printed   # no images to shift
 
 
 def test_benchmark_rejects_bad_budget(capsys):
@@ -45,3 +47,8 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, avx512
     agent = DQNAgent(from_dict(TrainConfig, {"env": "cartpole", "network": "mlp", "precision": "auto"}), (4,), 2)
     assert agent.precision == expected and agent.bf16 == (expected == "bf16")
 
+
+def test_augmentation_is_timed_only_where_there_are_images_to_shift():
+    cfg = from_dict(TrainConfig, load_preset("breakout-100k"))
+    assert cfg.augmentation and benchmark.augmentation_ms(cfg, (4, 84, 84), np.uint8) > 0
+    assert benchmark.augmentation_ms(from_dict(TrainConfig, load_preset("breakout")), (4, 84, 84), np.uint8) is None
