@@ -340,9 +340,10 @@ def test_actor_initial_priorities_land_on_their_transitions(distributed, ray_clu
 
 
 def test_too_small_a_replay_for_the_actors_is_one_line(distributed, tmp_path, capsys):
-    line = one_line_error(train_cli.main, ["--preset", "cartpole", "--actors", "4", "--buffer-size", "500",
-                                           "--run-dir", str(tmp_path / "r")], capsys)
-    assert "buffer_size = 500" in line and "--actors 4" in line
+    # cartpole: 4 envs an actor, n_step 1; each actor's share needs 4 * (50 + 1 + 1 + 1) = 212 > 500 / 4
+    line = one_line_error(train_cli.main, ["--preset", "cartpole", "--actors", "4", "--actor-chunk-steps", "50",
+                                           "--buffer-size", "500", "--run-dir", str(tmp_path / "r")], capsys)
+    assert "buffer_size = 500" in line and "buffer_size >= 848" in line and "--actors 4" in line
     assert not (tmp_path / "r").exists()
 
 
