@@ -662,8 +662,11 @@ class DistributedTrainer(Trainer):
                 if self.step >= next_eval:
                     next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every
                     paused = time.perf_counter()
-                    self.evaluate(logger, progress)
+                    results = self.evaluate(logger, progress)
                     rate.last_time += time.perf_counter() - paused
+                    if self.reached_target(results):
+                        status = "solved"
+                        break
                 if self.step >= next_checkpoint:
                     next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                     self.wall_time += time.perf_counter() - started

@@ -235,9 +235,14 @@ class Trainer:
             progress.write(f"eval at step {self.step:,}: {score_line(results)}{best}\n  {protocol_line(results)}")
         return results
 
+    def reached_target(self, results: dict[str, Any]) -> bool:
+        """Whether an evaluation's mean return reaches ``target_return`` (when one is set)."""
+        return self.cfg.target_return != 0 and results["mean"] >= self.cfg.target_return
+
     # --- the loop -------------------------------------------------------------------------
     def train(self, stop_at: int | None = None) -> str:
-        """Run until total_steps, a stop request, or ``stop_at`` agent steps. Returns "finished" or "stopped"."""
+        """Run until total_steps, a stop request, ``stop_at`` agent steps, or a periodic evaluation that reaches
+        ``target_return``. Returns "finished", "stopped" or "solved"."""
         cfg = self.cfg
         if self.obs is None:
             self.obs = self.env.reset()
@@ -316,8 +321,11 @@ class Trainer:
                 if self.step >= next_eval:
                     next_eval += cfg.eval_every
                     paused = time.perf_counter()
-                    self.evaluate(logger, progress)
+                    results = self.evaluate(logger, progress)
                     rate.last_time += time.perf_counter() - paused  # SPS counts training time only
+                    if self.reached_target(results):
+                        status = "solved"
+                        break
                 if self.step >= next_checkpoint:
                     next_checkpoint += cfg.checkpoint_every
                     self.wall_time += time.perf_counter() - started

@@ -132,6 +132,8 @@ class TrainConfig:
     eval_every: int = setting(0, "agent steps between evaluations (0 = off)", low=0)
     eval_episodes: int = setting(10, "full games per evaluation, raw scores", low=1, high=10_000)
     eval_epsilon: float = setting(0.05, "exploration rate while evaluating", low=0.0, high=1.0)
+    target_return: float = setting(0.0, "stop the run once a periodic evaluation's mean return reaches this, "
+                                        "like SB3's StopTrainingOnRewardThreshold (0 = never; needs eval_every)")
     eval_video: bool = setting(False, "film one game per evaluation into RUN_DIR/videos and TensorBoard "
                                       "(needs the video extra)")
     # distributed acting (rl-train --actors N): Ape-X on Ray (Horgan et al. 2018); num_envs is per actor
@@ -233,6 +235,9 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     if cfg.buffer_size < cfg.num_envs * (cfg.frame_stack + cfg.n_step + 1):
         raise ConfigError(f"buffer_size = {cfg.buffer_size} is not allowed: must hold at least "
                           f"num_envs * (frame_stack + n_step + 1) = {cfg.num_envs * (cfg.frame_stack + cfg.n_step + 1)}")
+    if cfg.target_return != 0 and cfg.eval_every == 0:
+        raise ConfigError(f"target_return = {cfg.target_return} is not allowed with eval_every = 0: "
+                          f"the target is checked at periodic evaluations, so set eval_every > 0")
     if cfg.epsilon_end > cfg.epsilon_start:
         raise ConfigError(f"epsilon_end = {cfg.epsilon_end} is not allowed: must be <= epsilon_start ({cfg.epsilon_start})")
     from envs import is_atari

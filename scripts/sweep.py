@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"rl-sweep: error: cannot write {root / 'summary.json'}: {exc.strerror}", file=sys.stderr)
         return 1
-    finished = all(results.get(r["name"], {}).get("status") == "finished" for r in runs)
+    finished = all(results.get(r["name"], {}).get("status") in ("finished", "solved") for r in runs)
     return 0 if finished and not stopped else 1
 
 

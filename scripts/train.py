@@ -15,7 +15,8 @@ from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flag
                        overrides_from_args, preset_names, run_cli, validate_train)
 
 RESUMABLE = {"total_steps", "device", "torch_threads", "log_every", "checkpoint_every", "keep_checkpoints",
-             "save_replay", "env_threads", "eval_every", "eval_episodes", "eval_epsilon", "eval_video"}
+             "save_replay", "env_threads", "eval_every", "eval_episodes", "eval_epsilon", "eval_video",
+             "target_return"}
 
 
 def build_parser() -> ArgumentParser:
@@ -115,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == "stopped":
             print(f"rl-train: stopped at step {trainer.step:,}; checkpoint {latest}; "
                   f"continue with: rl-train --resume {run_dir}", file=sys.stderr)
+        elif status == "solved":
+            print(f"rl-train: reached target_return {cfg.target_return:g} at step {trainer.step:,}; checkpoint "
+                  f"{latest}; evaluate with: rl-evaluate {latest}", file=sys.stderr)
         else:
             print(f"rl-train: finished {trainer.step:,} steps; checkpoint {latest}; "
                   f"evaluate with: rl-evaluate {latest}", file=sys.stderr)

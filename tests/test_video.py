@@ -239,3 +239,32 @@ def test_best_evaluation_keeps_its_network_as_best_pt(tmp_path, monkeypatch):
     assert all(torch.equal(best["agent"]["q"][k], snapshots[1][k]) for k in snapshots[1])
     latest = ckpt.load(tmp_path / "checkpoints" / "latest.pt")["agent"]["q"]
     assert not all(torch.equal(latest[k], snapshots[1][k]) for k in latest)
+
+
+@pytest.mark.parametrize("target, stops_at", [(5.0, 400), (4.5, 400), (6.0, None)])
+def test_target_return_stops_at_the_first_evaluation_that_reaches_it(target, stops_at, tmp_path, monkeypatch, capsys):
+    """target_return ends the run at the first periodic evaluation whose mean reaches it (status "solved",
+    latest.pt and run.json at that step); a target never reached leaves the run to total_steps."""
+    import agents.runner
+
+    real_play, means = agents.runner.play, iter([3.0, 5.0, 4.0, 5.0])
+    monkeypatch.setattr(agents.runner, "play",
+                        lambda agent_for, cfg, **kw: {**real_play(agent_for, cfg, **kw), "mean": next(means)})
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "100",
+                                    "--eval-every", "200", "--eval-episodes", "1", "--target-return", str(target),
+                                    "--run-dir", str(tmp_path), *QUIET]) == 0
+    step = stops_at or 800
+    assert len((tmp_path / "evaluations.jsonl").read_text().splitlines()) == step // 200
+    assert ckpt.decode_meta(ckpt.load(tmp_path / "checkpoints" / "latest.pt")["meta"])["step"] == step
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert (info["status"], info["step"]) == ("solved" if stops_at else "finished", step)
+    err = capsys.readouterr().err
+    assert (f"reached target_return {target:g} at step {step}" in err) == bool(stops_at), err
+
+
+def test_target_return_needs_periodic_evaluation(tmp_path, capsys):
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--eval-every", "0", "--target-return", "475", "--run-dir", str(tmp_path / "r"),
+                                    *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target_return = 475.0" in err[0] and "eval_every > 0" in err[0], err
+    assert not (tmp_path / "r").exists()
