@@ -17,7 +17,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="rl-evaluate", description="Evaluate a checkpoint on full games with raw scores.")
     parser.add_argument("checkpoint", type=Path, help="a .pt file written by rl-train (e.g. RUN/checkpoints/latest.pt)")
     parser.add_argument("--episodes", type=int, default=30, help="full games to play (default: 30)")
-    parser.add_argument("--epsilon", type=float, default=0.05, help="exploration during evaluation (default: 0.05)")
+    parser.add_argument("--epsilon", type=float, default=None, help="exploration during evaluation (default: the "
+                        "run's eval_epsilon: 0.05, the Nature protocol; 0.001 in breakout-100k, DrQ(epsilon)'s)")
     parser.add_argument("--seed", type=int, default=12345, help="evaluation seed, distinct from training (default: 12345)")
     parser.add_argument("--num-envs", type=int, default=None, help="parallel games (default: min(episodes, 8))")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes} is not allowed: must be >= 1")
-    if not 0.0 <= args.epsilon <= 1.0:
+    if args.epsilon is not None and not 0.0 <= args.epsilon <= 1.0:
         raise ConfigError(f"--epsilon {args.epsilon} is not allowed: must be between 0 and 1")
     if args.num_envs is not None and args.num_envs < 1:
         raise ConfigError(f"--num-envs {args.num_envs} is not allowed: must be >= 1")
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.load_state_dict({"q": payload["agent"]["q"], "target": payload["agent"]["q"]})
         return agent
 
-    results = play(saved_agent, cfg, episodes=args.episodes, epsilon=args.epsilon, seed=args.seed,
+    epsilon = cfg.eval_epsilon if args.epsilon is None else args.epsilon
+    results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
                    num_envs=args.num_envs or 8, video=args.video, video_episodes=args.video_episodes)
     results["checkpoint"] = str(args.checkpoint)
     print(protocol_line(results))

@@ -13,7 +13,7 @@ from agents.dqn import DQNAgent
 from agents.evaluation import evaluate
 from envs import make_env
 from rl import checkpoint as ckpt
-from rl.config import TrainConfig, from_dict, run_cli
+from rl.config import TrainConfig, from_dict, load_preset, run_cli
 from scripts import evaluate as evaluate_cli
 from scripts import train as train_cli
 
@@ -50,6 +50,23 @@ def test_breakout_train_then_evaluate(tmp_path, capsys):
         assert key in result
     assert result["episodes"] == 2
     assert result["human_normalized"] == pytest.approx((result["mean"] - 1.7) / (30.5 - 1.7))
+
+
+def test_evaluate_defaults_to_the_runs_eval_epsilon(tmp_path, capsys):
+    """A preset states its evaluation protocol once: breakout-100k evaluates at DrQ(epsilon)'s 0.001, and
+    rl-evaluate plays a checkpoint at its run's eval_epsilon unless --epsilon says otherwise."""
+    assert load_preset("breakout-100k")["eval_epsilon"] == 0.001
+    assert load_preset("breakout")["eval_epsilon"] == 0.05                # the Nature protocol
+    run_dir = tmp_path / "cp"
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "300", "--learning-starts", "200",
+                                    "--eval-epsilon", "0.3", "--run-dir", str(run_dir), "--no-progress",
+                                    "--no-save-replay"]) == 0
+    latest = str(run_dir / "checkpoints" / "latest.pt")
+    for argv, shown in (([], 0.3), (["--epsilon", "0"], 0.0)):
+        out = tmp_path / f"eval{shown}.json"
+        assert run_cli(evaluate_cli.main, [latest, "--episodes", "2", "--json", str(out), *argv]) == 0
+        assert f"epsilon {shown}," in capsys.readouterr().out
+        assert json.loads(out.read_text())["protocol"]["epsilon"] == shown
 
 
 def greedy_return(cfg: TrainConfig, q_state=None, episodes=10) -> float:
