@@ -52,6 +52,7 @@ from rl.schedules import LinearSchedule
 
 SAMPLE_BLOCK = 16            # batches per replay round trip; the next block is fetched while this one trains
 WAIT_SECONDS = 0.05          # how long the learner blocks for new chunks when it owes no update
+RESTART_RETRY_SECONDS = 0.5  # a restarting actor (ActorUnavailableError) is asked again after this
 MARKER = "distributed.json"  # in the run directory: actors, Ray address, where each worker runs
 
 
@@ -528,6 +529,7 @@ class DistributedTrainer(Trainer):
         in_flight: dict[Any, int] = {}                                      # collect() ref -> actor
         idle = set(range(self.num_actors))
         dead: set[int] = set()
+        resting: dict[int, float] = {}                                      # restarting actor -> retry time
         published = {"ref": None, "version": -1}
         sample_ref = None
         metrics: dict[str, torch.Tensor] = {}
@@ -553,6 +555,8 @@ class DistributedTrainer(Trainer):
 
         def submit() -> None:
             for i in sorted(idle - dead):
+                if resting.get(i, 0.0) > time.monotonic():
+                    continue
                 coming = self.step + len(in_flight) * chunk_steps
                 if coming >= cfg.total_steps or owed() > max_backlog:
                     return
@@ -562,6 +566,7 @@ class DistributedTrainer(Trainer):
 
         def harvest(timeout: float) -> None:
             if not in_flight:
+                time.sleep(min(timeout, RESTART_RETRY_SECONDS))     # every live actor is restarting
                 return
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
             if done:
@@ -571,6 +576,9 @@ class DistributedTrainer(Trainer):
                 idle.add(i)
                 try:
                     stats = ray.get(ref)
+                except ray.exceptions.ActorUnavailableError:
+                    resting[i] = time.monotonic() + RESTART_RETRY_SECONDS  # Ray is restarting it: not a new death
+                    continue
                 except ray.exceptions.RayActorError as exc:
                     self.failures[i] += 1
                     if self.failures[i] > cfg.actor_max_restarts:

@@ -402,19 +402,27 @@ def test_distributed_cartpole_learns_to_the_solved_line(distributed, ray_cluster
 
 
 def test_killed_actor_is_restarted_and_training_goes_on(distributed, ray_cluster, tmp_path):
+    """Actor 0 is killed at step 2,500; Ray restarts it and the learner takes chunks from the new incarnation.
+    The run is long enough never to end by itself: once the restarted actor has delivered, the test stops it
+    the way Ctrl-C does, so a slow machine (a restart takes seconds) cannot end the run first."""
     ray = ray_cluster
-    cfg = cartpole(total_steps=8_000, learning_starts=1_000)
+    cfg = cartpole(total_steps=1_000_000, learning_starts=1_000)
     trainer = make_trainer(distributed, tmp_path, cfg)
-    killed = {}
+    seen = {}
 
-    def kill_actor_0():
+    def kill_actor_0_then_stop():
         deadline = time.monotonic() + 120
         while trainer.step < 2_500 and time.monotonic() < deadline:
             time.sleep(0.02)
-        killed["at"] = trainer.step
+        seen["killed_at"] = trainer.step
         ray.kill(trainer.actors[0], no_restart=False)        # a crash, as far as Ray can tell
+        deadline = time.monotonic() + 120
+        while 1 not in trainer.incarnations_seen[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["restarted_by"] = trainer.step
+        os.kill(os.getpid(), signal.SIGINT)                   # Ctrl-C: the loop stops after this step
 
-    killer = threading.Thread(target=kill_actor_0, daemon=True)
+    killer = threading.Thread(target=kill_actor_0_then_stop, daemon=True)
     killer.start()
     try:
         status = trainer.train()
@@ -422,11 +430,12 @@ def test_killed_actor_is_restarted_and_training_goes_on(distributed, ray_cluster
         alive = ray.get(trainer.actors[0].identity.remote(), timeout=60)
     finally:
         trainer.close()
-    assert status == "finished" and trainer.step >= cfg.total_steps
-    assert 2_500 <= killed["at"] < cfg.total_steps
+    assert status == "stopped" and seen["killed_at"] >= 2_500
+    assert seen["killed_at"] < seen["restarted_by"] <= trainer.step < cfg.total_steps
     assert alive["incarnation"] == 1 and trainer.restarts[0] >= 1
     assert trainer.incarnations_seen[0] == {0, 1}                   # chunks before and after the restart
-    assert trainer.agent.updates == pytest.approx((trainer.step - cfg.learning_starts) // 2, abs=8)
+    owed = (trainer.step - cfg.learning_starts) // cfg.train_frequency - trainer.agent.updates
+    assert 0 <= owed <= 2 * 2 * cfg.actor_chunk_steps * cfg.num_envs // cfg.train_frequency, owed
 
 
 def test_bench_measures_apex_acting_and_the_learner_through_the_replay_actor(distributed, ray_cluster, tmp_path,
