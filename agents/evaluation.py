@@ -26,7 +26,10 @@ def first_games(episodes: int, num_envs: int, k: int) -> list[tuple[int, int]]:
     return [(e, j) for e, q in enumerate(quotas(episodes, num_envs)) for j in range(q)][:k]
 
 
-def evaluate(agent, env: VecEnv, episodes: int, epsilon: float) -> dict[str, Any]:
+def evaluate(agent, env: VecEnv, episodes: int, epsilon: float,
+             on_game: Callable[[float, int], None] | None = None) -> dict[str, Any]:
+    """Play ``episodes`` full games; ``on_game(score, length)`` hears each counted game as it ends
+    (a game beyond its env's quota is played out but neither counted nor reported)."""
     n = env.num_envs
     quota = quotas(episodes, n)
     returns: list[list[float]] = [[] for _ in range(n)]
@@ -38,6 +41,8 @@ def evaluate(agent, env: VecEnv, episodes: int, epsilon: float) -> dict[str, Any
             if len(returns[e]) < quota[e]:
                 returns[e].append(ret)
                 lengths[e].append(length)
+                if on_game is not None:
+                    on_game(ret, length)
         obs = step.obs
     flat = np.array([r for rs in returns for r in rs], dtype=np.float64)
     results = {
@@ -60,7 +65,8 @@ def evaluate(agent, env: VecEnv, episodes: int, epsilon: float) -> dict[str, Any
 
 
 def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: float, seed: int, num_envs: int,
-         video: Path | None = None, video_episodes: int | None = None) -> dict[str, Any]:
+         video: Path | None = None, video_episodes: int | None = None,
+         on_game: Callable[[float, int], None] | None = None) -> dict[str, Any]:
     """Evaluate ``agent_for(env)`` on a fresh env (``evaluation=True``, its own ``seed``), optionally
     filming the first ``video_episodes`` games (default: all) to ``video``.
 
@@ -86,7 +92,7 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
         player.rng = np.random.default_rng(seed)
         cleanup.callback(agent.q.train, agent.q.training)
         agent.q.eval()
-        results = evaluate(player, env, episodes, epsilon)
+        results = evaluate(player, env, episodes, epsilon, on_game)
         if recorder is not None:
             frames = recorder.save()
             results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}

@@ -97,10 +97,11 @@ def process_alive(info: Mapping[str, Any]) -> bool | None:
 
 
 class Progress:
-    """A tqdm bar over agent steps with steps/s, ETA and the mean of recent episode returns."""
+    """A tqdm bar over agent steps (or evaluation games) with rate, ETA and the mean of recent episode returns."""
 
-    def __init__(self, total: int, initial: int = 0, window: int = 100, disable: bool | None = None):
-        self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
+    def __init__(self, total: int, initial: int = 0, window: int = 100, disable: bool | None = None,
+                 unit: str = "step", unit_scale: bool = True):
+        self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=unit_scale, dynamic_ncols=True,
                         smoothing=0.05, disable=disable, mininterval=1.0)
         self.returns: deque[float] = deque(maxlen=window)
 

@@ -26,6 +26,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--video", type=Path, metavar="PATH", help="also write the games, full-size RGB, one after "
                         "another: MP4, or GIF when PATH ends in .gif (needs the video extra)")
     parser.add_argument("--video-episodes", type=int, metavar="K", help="film only the first K games (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the games (for logs and CI)")
     return parser
 
 
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from envs import is_atari
     from rl import checkpoint as ckpt
     from rl.config import TrainConfig, from_dict
+    from rl.logging import Progress
 
     device = resolve_device(args.device)
     try:
@@ -76,8 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return agent
 
     epsilon = cfg.eval_epsilon if args.epsilon is None else args.epsilon
-    results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
-                   num_envs=args.num_envs or 8, video=args.video, video_episodes=args.video_episodes)
+    # At epsilon 0.001 a game can run to the 108,000-frame cap: the bar shows the games done and their mean.
+    progress = Progress(args.episodes, window=args.episodes, unit="game", unit_scale=False,
+                        disable=args.no_progress or None)
+    try:
+        results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
+                       num_envs=args.num_envs or 8, video=args.video, video_episodes=args.video_episodes,
+                       on_game=lambda score, length: progress.update(1, [score]))
+    finally:
+        progress.close()
     results["checkpoint"] = str(args.checkpoint)
     print(protocol_line(results))
     print(score_line(results))

@@ -69,6 +69,19 @@ def test_evaluate_defaults_to_the_runs_eval_epsilon(tmp_path, capsys):
         assert json.loads(out.read_text())["protocol"]["epsilon"] == shown
 
 
+def test_evaluate_reports_each_counted_game_once():
+    """rl-evaluate's progress bar hears every game the results count and none they drop: 3 envs with
+    quotas 3, 2, 2 play on past their quotas until the slowest is done."""
+    cfg = from_dict(TrainConfig, load_preset("cartpole"))
+    env = make_env(cfg, num_envs=3, seed=5, evaluation=True)
+    heard: list[tuple[float, int]] = []
+    results = evaluate(DQNAgent(cfg, env.obs_shape, env.num_actions), env, 7, epsilon=0.5,
+                       on_game=lambda score, length: heard.append((score, length)))
+    env.close()
+    assert results["episodes"] == len(heard) == 7
+    assert sorted(heard) == sorted(zip(results["returns"], results["lengths"]))
+
+
 def greedy_return(cfg: TrainConfig, q_state=None, episodes=10) -> float:
     env = make_env(cfg, num_envs=5, seed=777, evaluation=True)
     agent = DQNAgent(cfg, env.obs_shape, env.num_actions)
