@@ -75,6 +75,8 @@ class DQNAgent:
         if cfg.channels_last and len(obs_shape) == 3:
             use_channels_last(self.q)
         self.target = self.q if cfg.target == "none" else frozen_copy(self.q)
+        # The average plays evaluations only; learning never reads it, so keeping one leaves training unchanged.
+        self.average: nn.Module | None = frozen_copy(self.q) if cfg.eval_ema > 0 else None
         if cfg.compile:  # in place, so state_dict keys (and checkpoints) are the same as without it
             for net in {id(self.q): self.q, id(self.target): self.target}.values():
                 net.encoder.compile()
@@ -116,6 +118,11 @@ class DQNAgent:
         """Evaluation mode: noisy layers use their mean weights."""
         self.q.eval()
         return self
+
+    def player(self) -> nn.Module:
+        """The network evaluations play: the weight average when the run keeps one (``eval_ema``), else q.
+        A single snapshot's greedy policy churns from update to update; the average smooths that out."""
+        return self.q if self.average is None else self.average
 
     # --- learning -------------------------------------------------------------------------
     def set_step(self, step: int) -> float:
@@ -198,6 +205,8 @@ class DQNAgent:
         self.updates += 1
         if self.cfg.target == "polyak":
             sync_target(self.target, self.q, self.cfg.tau)
+        if self.average is not None:
+            sync_target(self.average, self.q, self.cfg.eval_ema)
         if self.cfg.reset_every and self.updates % self.cfg.reset_every == 0:
             self.reset_head()
         return {"td_loss": loss.detach(), "q_values": q_taken.detach().mean(), "grad_norm": grad_norm.detach(),
@@ -214,18 +223,25 @@ class DQNAgent:
         for stream in self.q.head():
             for p in stream.parameters():
                 self.optimizer.state.pop(p, None)
-        for fresh, old in zip(self.q.head(), self.target.head()):
-            sync_target(old, fresh, 1.0)
+        for net in (self.target, self.average):       # averaging the old head into the new one would mix
+            if net is not None:                         # two unrelated heads: both start from the fresh one
+                for fresh, old in zip(self.q.head(), net.head()):
+                    sync_target(old, fresh, 1.0)
 
     # --- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"q": self.q.state_dict(), "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        state = {"q": self.q.state_dict(), "target": self.target.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.q.load_state_dict(state["q"])
         if self.target is not self.q:
             self.target.load_state_dict(state.get("target", state["q"]))
+        if self.average is not None:
+            self.average.load_state_dict(state.get("average", state["q"]))
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state.get("updates", 0))

@@ -71,7 +71,8 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
     filming the first ``video_episodes`` games (default: all) to ``video``.
 
     The agent is used through a shallow copy with its own RNG, so evaluating in the middle of training
-    never moves the training's exploration stream; its network is in eval mode while playing.
+    never moves the training's exploration stream; the copy plays ``agent.player()`` (the online net, or
+    the run's weight average), in eval mode.
     """
     from envs import make_env
 
@@ -89,10 +90,12 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
             env = FilmedEnv(env, camera, recorder)
         agent = agent_for(env)
         player = copy.copy(agent)
+        player.q = agent.player()                          # the weight average where the run keeps one
         player.rng = np.random.default_rng(seed)
-        cleanup.callback(agent.q.train, agent.q.training)
-        agent.q.eval()
+        cleanup.callback(player.q.train, player.q.training)
+        player.q.eval()
         results = evaluate(player, env, episodes, epsilon, on_game)
+        results["weights"] = "online" if agent.average is None else f"average (eval_ema {agent.cfg.eval_ema:g})"
         if recorder is not None:
             frames = recorder.save()
             results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}
@@ -104,7 +107,7 @@ def protocol_line(results: dict[str, Any]) -> str:
     p = results["protocol"]
     atari = "game" in p
     line = (f"protocol: {p.get('game') or p.get('task')}, {results['episodes']} full games, "
-            f"epsilon {p['epsilon']}, seed {p['seed']}")
+            f"epsilon {p['epsilon']}, seed {p['seed']}, {results.get('weights', 'online')} weights")
     if atari:
         line += (f", sticky actions {p['sticky_action_prob']}, at most {p['max_episode_frames']} frames/game, "
                  f"raw (unclipped) score")

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--video", type=Path, metavar="PATH", help="also write the games, full-size RGB, one after "
                         "another: MP4, or GIF when PATH ends in .gif (needs the video extra)")
     parser.add_argument("--video-episodes", type=int, metavar="K", help="film only the first K games (default: all)")
+    parser.add_argument("--online", action="store_true", help="play the online weights even where the run kept "
+                        "a weight average for evaluation (eval_ema > 0), which is what it plays by default")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the games (for logs and CI)")
     return parser
 
@@ -58,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         payload = ckpt.load(args.checkpoint, map_location=device)
         cfg = from_dict(TrainConfig, payload["config"])
+        if args.online:
+            cfg = dataclasses.replace(cfg, eval_ema=0.0)
     except ckpt.CheckpointError as exc:
         raise ConfigError(str(exc)) from None
     if cfg.torch_threads:
@@ -74,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def saved_agent(env):
         agent = DQNAgent(cfg, env.obs_shape, env.num_actions, device)
-        agent.load_state_dict({"q": payload["agent"]["q"], "target": payload["agent"]["q"]})
+        saved = payload["agent"]
+        agent.load_state_dict({"q": saved["q"], "target": saved["q"], "average": saved.get("average", saved["q"])})
         return agent
 
     epsilon = cfg.eval_epsilon if args.epsilon is None else args.epsilon

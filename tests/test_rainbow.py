@@ -255,6 +255,66 @@ def test_periodic_reset_redraws_the_head_only(noisy):
     assert all(torch.isfinite(p).all() for p in reset.q.parameters())
 
 
+# --- the weight average that evaluations play -------------------------------------------------
+
+def test_eval_average_is_polyak_of_online_and_leaves_learning_alone():
+    """eval_ema = 0.25: after every update the average moves a quarter of the way to the online weights
+    (checked against a hand-kept copy), and the online net learns exactly what it learns without one."""
+    rng = np.random.default_rng(0)
+    agents = []
+    for eval_ema in (0.0, 0.25):
+        torch.manual_seed(0)
+        agents.append(DQNAgent(dataclasses.replace(CARTPOLE, target="hard", eval_ema=eval_ema), (4,), 2))
+    plain, averaged = agents
+    assert plain.average is None and plain.player() is plain.q and averaged.player() is averaged.average
+    expected = {k: v.clone() for k, v in averaged.q.state_dict().items()}
+    for i in range(3):
+        batch = random_batch(rng, 8)
+        for agent in agents:
+            torch.manual_seed(i)
+            agent.update(batch)
+        online = averaged.q.state_dict()
+        expected = {k: expected[k] + 0.25 * (online[k] - expected[k]) for k in expected}
+    assert all(torch.equal(averaged.q.state_dict()[k], v) for k, v in plain.q.state_dict().items())
+    average = averaged.average.state_dict()
+    assert all(torch.allclose(average[k], v, atol=1e-6) for k, v in expected.items())
+    assert not torch.equal(average["encoder.net.0.weight"], online["encoder.net.0.weight"])
+    restored = DQNAgent(averaged.cfg, (4,), 2)
+    restored.load_state_dict(averaged.state_dict())                      # checkpoints carry the average
+    assert all(torch.equal(restored.average.state_dict()[k], v) for k, v in average.items())
+
+
+def test_head_reset_restarts_the_average_head_too():
+    """A head reset gives the average the fresh head (averaging two unrelated heads is meaningless);
+    the average's encoder keeps averaging."""
+    torch.manual_seed(0)
+    agent = DQNAgent(dataclasses.replace(CARTPOLE, target="hard", reset_every=2, eval_ema=0.25), (4,), 2)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        agent.update(random_batch(rng, 8))
+    online, average = agent.q.state_dict(), agent.average.state_dict()
+    head = [k for k in online if k.startswith("advantage.")]
+    assert head and all(torch.equal(average[k], online[k]) for k in head)
+    assert not torch.equal(average["encoder.net.0.weight"], online["encoder.net.0.weight"])
+
+
+@pytest.mark.parametrize("eval_ema", [0.0, 0.5])
+def test_play_uses_the_average_where_the_run_keeps_one(eval_ema):
+    from agents.evaluation import play
+
+    cfg = dataclasses.replace(CARTPOLE, eval_ema=eval_ema)
+    agent = DQNAgent(cfg, (4,), 2)
+    calls = {"online": 0, "average": 0}
+    agent.q.register_forward_hook(lambda *_: calls.__setitem__("online", calls["online"] + 1))
+    if agent.average is not None:
+        agent.average.register_forward_hook(lambda *_: calls.__setitem__("average", calls["average"] + 1))
+    results = play(lambda env: agent, cfg, episodes=2, epsilon=0.0, seed=3, num_envs=1)
+    played = "average" if eval_ema else "online"
+    assert calls[played] > 0 and calls["online" if eval_ema else "average"] == 0
+    assert results["weights"].startswith(played)
+    assert agent.q.training                                               # play leaves the nets as it found them
+
+
 # --- CartPole learns with every switch on, and with every switch off -----------------------------
 
 ALL_ON = dict(double=True, dueling=True, noisy=True, distributional=True, loss="cross_entropy", v_min=0.0,
