@@ -119,7 +119,7 @@ class DQNAgent:
         self.q.eval()
         return self
 
-    def player(self) -> nn.Module:
+    def evaluation_net(self) -> nn.Module:
         """The network evaluations play: the weight average when the run keeps one (``eval_ema``), else q.
         A single snapshot's greedy policy churns from update to update; the average smooths that out."""
         return self.q if self.average is None else self.average

@@ -71,8 +71,8 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
     filming the first ``video_episodes`` games (default: all) to ``video``.
 
     The agent is used through a shallow copy with its own RNG, so evaluating in the middle of training
-    never moves the training's exploration stream; the copy plays ``agent.player()`` (the online net, or
-    the run's weight average), in eval mode.
+    never moves the training's exploration stream; the copy plays ``agent.evaluation_net()`` (the online
+    net, or the run's weight average), in eval mode.
     """
     from envs import make_env
 
@@ -90,7 +90,7 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
             env = FilmedEnv(env, camera, recorder)
         agent = agent_for(env)
         player = copy.copy(agent)
-        player.q = agent.player()                          # the weight average where the run keeps one
+        player.q = agent.evaluation_net()                  # the weight average where the run keeps one
         player.rng = np.random.default_rng(seed)
         cleanup.callback(player.q.train, player.q.training)
         player.q.eval()

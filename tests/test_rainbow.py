@@ -266,7 +266,8 @@ def test_eval_average_is_polyak_of_online_and_leaves_learning_alone():
         torch.manual_seed(0)
         agents.append(DQNAgent(dataclasses.replace(CARTPOLE, target="hard", eval_ema=eval_ema), (4,), 2))
     plain, averaged = agents
-    assert plain.average is None and plain.player() is plain.q and averaged.player() is averaged.average
+    assert plain.average is None and plain.evaluation_net() is plain.q
+    assert averaged.evaluation_net() is averaged.average
     expected = {k: v.clone() for k, v in averaged.q.state_dict().items()}
     for i in range(3):
         batch = random_batch(rng, 8)
