@@ -313,7 +313,7 @@ def test_play_uses_the_average_where_the_run_keeps_one(eval_ema):
     played = "average" if eval_ema else "online"
     assert calls[played] > 0 and calls["online" if eval_ema else "average"] == 0
     assert results["weights"].startswith(played)
-    assert agent.q.training                                               # play leaves the nets as it found them
+    assert agent.evaluation_net().training                                # play leaves the net as it found it
 
 
 # --- CartPole learns with every switch on, and with every switch off -----------------------------
