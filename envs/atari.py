@@ -1,7 +1,10 @@
 """Atari through ale-py's C++ vector env with the DeepMind preprocessing.
 
-The emulator threads do noop starts, frame skip with max-pool, 84x84 grayscale, frame stacking and
-fire-on-reset. We keep games whole (no ``episodic_life``: in ale-py 0.12 it restarts the game at the
+The emulator threads do noop starts, frame skip with max-pool, 84x84 grayscale and frame stacking
+(zero-padded at a game's start), which is gymnasium's ``AtariPreprocessing`` + ``FrameStackObservation``
+frame for frame. There is no fire-on-reset: ale-py's ``use_fire_reset`` presses FIRE inside the reset, a
+game state the standard pipeline never produces, so the agent presses FIRE itself, as in Dopamine. We keep
+games whole (no ``episodic_life``: in ale-py 0.12 it restarts the game at the
 first lost life) and unclipped (scores stay real); a lost life is detected here from ``info["lives"]``
 and, for training, reported as ``terminated`` while the game and the frame stack go on.
 """
@@ -32,6 +35,11 @@ def human_normalized(game: str, score: float) -> float | None:
     return (score - random) / (human - random)
 
 
+# The ALE options every env of ours shares (the training env here and the RGB camera in envs/video.py).
+ALE_OPTIONS = dict(autoreset_mode=AutoresetMode.SAME_STEP, episodic_life=False, life_loss_info=False,
+                   reward_clipping=False, use_fire_reset=False)
+
+
 class AtariEnv(VecEnv):
     def __init__(self, game: str, num_envs: int, seed: int, *, num_threads: int = 0, sticky_action_prob: float = 0.0,
                  noop_max: int = 30, frame_skip: int = 4, frame_stack: int = 4, max_episode_frames: int = 108_000,
@@ -43,8 +51,7 @@ class AtariEnv(VecEnv):
         self.env = AtariVectorEnv(
             game, num_envs, num_threads=threads, repeat_action_probability=sticky_action_prob,
             noop_max=noop_max, frameskip=frame_skip, stack_num=frame_stack,
-            max_num_frames_per_episode=max_episode_frames, autoreset_mode=AutoresetMode.SAME_STEP,
-            episodic_life=False, life_loss_info=False, reward_clipping=False, use_fire_reset=True,
+            max_num_frames_per_episode=max_episode_frames, **ALE_OPTIONS,
         )
         self.obs_shape = (frame_stack, 84, 84)
         self.obs_dtype = np.dtype(np.uint8)
@@ -53,7 +60,8 @@ class AtariEnv(VecEnv):
         self.lives = np.zeros(num_envs, np.int32)
         self.protocol = {"game": game, "sticky_action_prob": sticky_action_prob, "noop_max": noop_max,
                          "frame_skip": frame_skip, "frame_stack": frame_stack,
-                         "max_episode_frames": max_episode_frames, "full_games": True, "raw_score": True}
+                         "max_episode_frames": max_episode_frames, "full_games": True, "raw_score": True,
+                         "fire_reset": False}
 
     def _reset(self, seeds, mask):
         options = None if mask is None else {"reset_mask": mask}

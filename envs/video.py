@@ -60,20 +60,19 @@ def require_video(what: str, *, control: bool = False) -> None:
 
 class AtariCamera:
     """An ale-py vector env with the game settings of an :class:`envs.atari.AtariEnv` but 210x160 RGB
-    frames and no stacking. The fixed options below must match envs/atari.py; FilmedEnv checks that
-    they do on every step."""
+    frames and no stacking, built with the same ``ALE_OPTIONS``; FilmedEnv checks on every step that
+    the two play the same game."""
 
     def __init__(self, protocol: dict, num_envs: int):
         from ale_py.vector_env import AtariVectorEnv
-        from gymnasium.vector import AutoresetMode
+
+        from envs.atari import ALE_OPTIONS
 
         self.env = AtariVectorEnv(
             protocol["game"], num_envs, num_threads=min(num_envs, os.cpu_count() or 1),
             repeat_action_probability=protocol["sticky_action_prob"], noop_max=protocol["noop_max"],
             frameskip=protocol["frame_skip"], max_num_frames_per_episode=protocol["max_episode_frames"],
-            autoreset_mode=AutoresetMode.SAME_STEP, episodic_life=False, life_loss_info=False,
-            reward_clipping=False, use_fire_reset=True,
-            grayscale=False, img_height=210, img_width=160, stack_num=1,
+            **ALE_OPTIONS, grayscale=False, img_height=210, img_width=160, stack_num=1,
         )
         self.fps = 60.0 / protocol["frame_skip"]       # the emulator runs at 60 Hz; one frame per agent step
 

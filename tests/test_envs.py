@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from envs import make_env
+from envs.base import episode_seed
 from rl.config import TrainConfig
 from rl.replay import ReplayBuffer, ReplaySpec
 from tests.fakes import drive
@@ -76,3 +77,45 @@ def test_state_restore_replays_to_the_same_state(cfg, steps):
         np.testing.assert_array_equal(x.reward, y.reward)
         np.testing.assert_array_equal(x.terminated, y.terminated)
         assert x.finished == y.finished
+
+
+def _standard_pipeline(noop_max: int):
+    """gymnasium's own Atari preprocessing, as Nature, Dopamine and SB3 describe it: frame skip 1
+    underneath, 4 max-pooled frames per step, 84x84 grayscale, a zero-padded stack of 4, whole games."""
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    env = gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
+                                          terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+    return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
+
+
+def test_breakout_observations_equal_gymnasiums_standard_pipeline():
+    """Same seed, same actions: every observation, reward, lost life and game end is identical, over
+    two whole games. No-op starts are off on both sides (each library draws their count from its own RNG)."""
+    ours = make_env(TrainConfig(env="breakout", num_envs=1, noop_max=0))
+    theirs = _standard_pipeline(noop_max=0)
+    obs = ours.reset()
+    ref, info = theirs.reset(seed=episode_seed(ours.seed, 0, 0))
+    np.testing.assert_array_equal(obs[0], ref)
+    lives, rng, games, lives_lost, steps = info["lives"], np.random.default_rng(0), 0, 0, 0
+    while games < 2:
+        a = int(rng.integers(ours.num_actions))
+        out = ours.step(np.array([a]))
+        ref, reward, term, trunc, info = theirs.step(a)
+        steps += 1
+        assert out.reward[0] == reward
+        assert bool(out.episode_end[0]) == (term or trunc)
+        lost = info["lives"] < lives
+        lives = info["lives"]
+        assert bool(out.terminated[0]) == (lost or term)   # a lost life is terminal for the learner
+        lives_lost += int(lost and not term)
+        if out.episode_end[0]:
+            np.testing.assert_array_equal(out.final_obs[0], ref)
+            games += 1
+            ref, info = theirs.reset(seed=episode_seed(ours.seed, 0, games))
+            lives = info["lives"]
+        np.testing.assert_array_equal(out.obs[0], ref, err_msg=f"step {steps}")
+    assert lives_lost >= 8 and steps > 200
