@@ -168,6 +168,7 @@ class Trainer:
         self.agent.rng.bit_generator.state = meta["agent_rng"]
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
+        self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
         self.first = np.array(meta["first"], bool)
         self.refill_until, self.skipped_updates = meta["refill_until"], meta["skipped_updates"]
         self.obs = self.env.load_state_dict(meta["env"])

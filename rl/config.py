@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import shutil
 import sys
 import tomllib
@@ -24,10 +25,13 @@ class ConfigError(ValueError):
     """Bad user input; the message is one line naming the value and what is allowed."""
 
 
-def setting(default, help: str, *, low=None, high=None, low_open=False, choices=None, factory=None):
+def setting(default, help: str, *, low=None, high=None, low_open=False, choices=None, factory=None,
+            resumable: bool = False):
     """A config field: ``help`` becomes ``--help`` text; ``low``/``high`` bound numbers (inclusive
-    unless ``low_open``); ``choices`` is a tuple or a callable returning one."""
-    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    unless ``low_open``); ``choices`` is a tuple or a callable returning one; ``resumable`` settings
+    may change on ``rl-train --resume`` (they do not alter what has been learned so far)."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices,
+            "resumable": resumable}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -60,7 +64,7 @@ class TrainConfig:
     env: str = setting("breakout", "environment: an ALE game (snake_case) or a control task",
                        choices=_env_choices)
     num_envs: int = setting(8, "parallel environments", low=1, high=1024)
-    env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024)
+    env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, resumable=True)
     sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
                                         low=0.0, high=1.0)
     noop_max: int = setting(30, "at most this many no-op actions at the start of each game", low=0, high=1000)
@@ -70,7 +74,7 @@ class TrainConfig:
     life_loss_terminal: bool = setting(True, "treat a lost life as terminal for the TD target (training only)")
     reward_clip: bool = setting(True, "learn from sign(reward); episode statistics stay raw game scores")
     # schedule, in agent steps
-    total_steps: int = setting(10_000_000, "agent steps to train (all envs together)", low=1)
+    total_steps: int = setting(10_000_000, "agent steps to train (all envs together)", low=1, resumable=True)
     learning_starts: int = setting(80_000, "agent steps of experience before the first update", low=0)
     train_frequency: int = setting(4, "agent steps per gradient update", low=1)
     target: str = setting("hard", "target network: hard copy every target_update steps, polyak every update, "
@@ -120,25 +124,25 @@ class TrainConfig:
     max_grad_norm: float = setting(10.0, "clip the gradient's global norm to this (0 = off)", low=0.0)
     # run
     seed: int = setting(1, "seed for torch, numpy and the environments", low=0, high=2**31 - 1)
-    device: str = setting("auto", "where the networks live", choices=("auto", "cpu", "cuda"))
-    torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024)
+    device: str = setting("auto", "where the networks live", choices=("auto", "cpu", "cuda"), resumable=True)
+    torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024, resumable=True)
     precision: str = setting("fp32", "network arithmetic: fp32, bf16 autocast (losses and targets stay fp32), or "
                                      "auto = bf16 where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX), "
                                      "else fp32", choices=("fp32", "bf16", "auto"))
     channels_last: bool = setting(False, "NHWC memory layout for the CNN (faster convolutions on many CPUs and GPUs)")
     compile: bool = setting(False, "torch.compile the encoder (a one-off compile; on CPU it needs a C++ compiler)")
-    log_every: int = setting(1_000, "agent steps between TensorBoard scalar writes", low=1)
-    checkpoint_every: int = setting(250_000, "agent steps between periodic checkpoints", low=1)
-    keep_checkpoints: int = setting(3, "periodic checkpoints kept besides latest.pt", low=0)
-    save_replay: bool = setting(True, "save the replay buffer with each checkpoint for an exact resume")
+    log_every: int = setting(1_000, "agent steps between TensorBoard scalar writes", low=1, resumable=True)
+    checkpoint_every: int = setting(250_000, "agent steps between periodic checkpoints", low=1, resumable=True)
+    keep_checkpoints: int = setting(3, "periodic checkpoints kept besides latest.pt", low=0, resumable=True)
+    save_replay: bool = setting(True, "save the replay buffer with each checkpoint for an exact resume", resumable=True)
     # evaluation during training: rl-evaluate's protocol on a separate env and seed
-    eval_every: int = setting(0, "agent steps between evaluations (0 = off)", low=0)
-    eval_episodes: int = setting(10, "full games per evaluation, raw scores", low=1, high=10_000)
-    eval_epsilon: float = setting(0.05, "exploration rate while evaluating", low=0.0, high=1.0)
+    eval_every: int = setting(0, "agent steps between evaluations (0 = off)", low=0, resumable=True)
+    eval_episodes: int = setting(10, "full games per evaluation, raw scores", low=1, high=10_000, resumable=True)
+    eval_epsilon: float = setting(0.05, "exploration rate while evaluating", low=0.0, high=1.0, resumable=True)
     target_return: float = setting(0.0, "stop the run once a periodic evaluation's mean return reaches this, "
-                                        "like SB3's StopTrainingOnRewardThreshold (0 = never; needs eval_every)")
+                                        "like SB3's StopTrainingOnRewardThreshold (0 = never; needs eval_every)", resumable=True)
     eval_video: bool = setting(False, "film one game per evaluation into RUN_DIR/videos and TensorBoard "
-                                      "(needs the video extra)")
+                                      "(needs the video extra)", resumable=True)
     # distributed acting (rl-train --actors N): Ape-X on Ray (Horgan et al. 2018); num_envs is per actor
     actor_epsilon_base: float = setting(0.4, "Ape-X: actor i of N explores with eps = base^(1 + alpha * i / (N - 1))",
                                         low=0.0, high=1.0)
@@ -155,6 +159,11 @@ class TrainConfig:
 
 def field_specs(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(cls)}
+
+
+def resumable_keys(cls=None) -> frozenset[str]:
+    """The settings ``rl-train --resume`` may change: declared with ``resumable=True``."""
+    return frozenset(f.name for f in fields(cls or TrainConfig) if f.metadata.get("resumable"))
 
 
 def _choices(f: dataclasses.Field) -> tuple | None:
@@ -241,6 +250,9 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     if cfg.target_return != 0 and cfg.eval_every == 0:
         raise ConfigError(f"target_return = {cfg.target_return} is not allowed with eval_every = 0: "
                           f"the target is checked at periodic evaluations, so set eval_every > 0")
+    if cfg.double and cfg.target == "none":
+        raise ConfigError("double = true is not allowed with target = 'none': the online net would both pick and "
+                          "value a', which is plain DQN; set double = false, or target = 'hard' or 'polyak'")
     if cfg.epsilon_end > cfg.epsilon_start:
         raise ConfigError(f"epsilon_end = {cfg.epsilon_end} is not allowed: must be <= epsilon_start ({cfg.epsilon_start})")
     from envs import is_atari
@@ -285,10 +297,13 @@ def load_preset(name: str) -> dict[str, Any]:
     return tomllib.loads(resources.files("presets").joinpath(f"{name}.toml").read_text())
 
 
-def base_config(preset: str | None, config_file: str | Path | None) -> tuple[TrainConfig, str | None]:
-    """defaults <- preset <- config file; the preset defaults to breakout unless a config file is given.
-    Returns the (unvalidated) config and the preset used."""
-    preset = preset or ("breakout" if config_file is None else None)
+DEFAULT_PRESET = "breakout"
+
+
+def base_config(preset: str | None, config_file: str | Path | None) -> tuple[TrainConfig, str]:
+    """defaults <- preset (breakout unless named) <- config file. Returns the (unvalidated) config
+    and the preset used."""
+    preset = preset or DEFAULT_PRESET
     cfg = TrainConfig()
     if preset:
         cfg = from_dict(TrainConfig, load_preset(preset), base=cfg)
@@ -308,27 +323,28 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
 
 
-def toml_value(value: Any) -> str:
-    """One value in TOML syntax (scalars, lists, inline tables)."""
+def format_value(value: Any) -> str:
+    """A value as the command line spells it (strings bare, lists and tables in TOML's inline syntax):
+    for labels and run names, never for files (:func:`dumps_toml` writes those)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
+        return "{" + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def dumps_toml(data: Mapping[str, Any]) -> str:
-    """Flat TOML (scalars, lists, inline tables): enough for every config here."""
-    return "".join(f"{key} = {toml_value(value)}\n" for key, value in data.items())
+    """A config as a TOML document, written by tomli-w (any string, any key)."""
+    import tomli_w
+    return tomli_w.dumps(dict(data))
 
 
 # --- command line -----------------------------------------------------------------------------
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports bad input in one line, suggests the closest flag, and exits 2."""
@@ -339,6 +355,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(self._join_negative_values(sys.argv[1:] if args is None else args), namespace)
+
+    def _join_negative_values(self, args: Sequence[str]) -> list[str]:
+        """``--flag -1e-3`` -> ``--flag=-1e-3``: argparse takes a value that starts with '-' for a flag unless
+        it is a plain negative decimal, so exponents and ``-inf`` never reached the validator."""
+        takes_value = {o for a in self._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+        out: list[str] = []
+        for arg in args:
+            if out and out[-1] in takes_value and NEGATIVE_NUMBER.match(arg):
+                out[-1] = f"{out[-1]}={arg}"
+            else:
+                out.append(arg)
+        return out
 
     def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
@@ -363,14 +394,15 @@ def parse_cli_value(text: str) -> Any:
         return text
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--kebab-case`` flag per field; values stay unset (None) unless given."""
+def add_config_flags(parser: argparse.ArgumentParser, cls, shown=None, shown_as: str = "default") -> None:
+    """One ``--kebab-case`` flag per field; values stay unset (None) unless given. ``--help`` shows each
+    value of ``shown`` (the config the command would run with; the dataclass defaults if None)."""
     group = parser.add_argument_group("config overrides (any config.toml key)")
     hints = typing.get_type_hints(cls)
+    shown = shown if shown is not None else cls()
     for f in fields(cls):
         kind = typing.get_origin(hints[f.name]) or hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f"{f.metadata.get('help', '')} ({shown_as}: {getattr(shown, f.name)})"
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)

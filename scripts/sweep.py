@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, parse_cli_value, toml_value, base_config,
+from rl.config import (ArgumentParser, ConfigError, TrainConfig, parse_cli_value, format_value, base_config,
                        from_dict, preset_names, run_cli, validate_train)
 
 EVAL_SEED_OFFSET = 10_000    # agents.runner's: a run's evaluation games never share its training seeds
@@ -115,7 +115,7 @@ def parse_axes(items: list[str], base: TrainConfig) -> list[tuple[str, list[Any]
         if any(not r for r in raw):
             raise ConfigError(f"--set {item!r} is not allowed: an empty value; use KEY=V1,V2")
         values = [getattr(from_dict(TrainConfig, {key: parse_cli_value(r)}, base=base), key) for r in raw]
-        if len({toml_value(v) for v in values}) != len(values):
+        if len({format_value(v) for v in values}) != len(values):
             raise ConfigError(f"--set {item!r} is not allowed: a value appears twice")
         axes.append((key, values))
     return axes
@@ -123,13 +123,13 @@ def parse_axes(items: list[str], base: TrainConfig) -> list[tuple[str, list[Any]
 
 def label(point: tuple[tuple[str, Any], ...]) -> str:
     """``key=value,...`` for the table (``base`` for the preset alone)."""
-    return ",".join(f"{k}={toml_value(v).strip(chr(34))}" for k, v in point) or "base"
+    return ",".join(f"{k}={format_value(v)}" for k, v in point) or "base"
 
 
 def run_name(point: tuple[tuple[str, Any], ...], seed: int) -> str:
     """A directory name: ``learning_rate=0.001,hidden_sizes=64x64-s0`` (``s0`` for the preset alone)."""
     def short(v: Any) -> str:
-        text = "x".join(map(str, v)) if isinstance(v, list) else toml_value(v).strip(chr(34))
+        text = "x".join(map(str, v)) if isinstance(v, list) else format_value(v)
         return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
     stem = ",".join(f"{k}={short(v)}" for k, v in point)
     return f"{stem}-s{seed}" if stem else f"s{seed}"

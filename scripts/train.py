@@ -6,22 +6,32 @@
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, base_config, from_dict,
-                       overrides_from_args, preset_names, run_cli, validate_train)
+from rl.config import (DEFAULT_PRESET, ArgumentParser, ConfigError, TrainConfig, add_config_flags, base_config,
+                       from_dict, overrides_from_args, preset_names, resumable_keys, run_cli, validate_train)
 
-RESUMABLE = {"total_steps", "device", "torch_threads", "log_every", "checkpoint_every", "keep_checkpoints",
-             "save_replay", "env_threads", "eval_every", "eval_episodes", "eval_epsilon", "eval_video",
-             "target_return"}
+def shown_config(argv: Sequence[str] | None) -> tuple[TrainConfig, str]:
+    """The config ``--help`` describes: the named (or default) preset under any --config file."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        cfg, preset = base_config(known.preset, known.config)
+    except ConfigError:
+        return TrainConfig(), "default"
+    return cfg, f"{preset} preset" + (f" + {known.config}" if known.config else "")
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog="rl-train", description="Train DQN; Ctrl-C saves a checkpoint and stops.")
-    parser.add_argument("--preset", default=None, help=f"named settings: {', '.join(preset_names())} (default: breakout)")
+    parser.add_argument("--preset", default=None,
+                        help=f"named settings: {', '.join(preset_names())} (default: {DEFAULT_PRESET})")
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys, applied over the preset")
     parser.add_argument("--run-dir", type=Path, help="where to write config, events and checkpoints "
                                                        "(default: runs/<preset>-s<seed>-<time>)")
@@ -31,7 +41,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
     add_distributed_flags(parser, "Ape-X distributed acting: N Ray actors (num_envs envs each) feed a replay actor "
                                   "while this process learns; needs the distributed extra")
-    add_config_flags(parser, TrainConfig)
+    shown, source = shown_config(argv)
+    add_config_flags(parser, TrainConfig, shown, shown_as=source)
     return parser
 
 
@@ -61,14 +72,16 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
         if args.preset or args.config or args.run_dir:
             raise ConfigError("--resume takes the run's saved config; drop --preset, --config and --run-dir")
         cfg = load_run_config(args.resume)
-        fixed = sorted(set(overrides) - RESUMABLE)
+        resumable = resumable_keys()
+        fixed = sorted(set(overrides) - resumable)
         if fixed:
             raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; "
-                              f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))}")
+                              f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(resumable))}")
         return validate_train(from_dict(TrainConfig, overrides, base=cfg)), None, args.resume
     cfg, preset = base_config(args.preset, args.config)
     cfg = validate_train(from_dict(TrainConfig, overrides, base=cfg))
-    run_dir = args.run_dir or Path("runs") / f"{preset or Path(args.config).stem}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = preset if args.config is None else f"{preset}+{Path(args.config).stem}"
+    run_dir = args.run_dir or Path("runs") / f"{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, preset, run_dir
 
 
@@ -81,7 +94,7 @@ def distributed_trainer(args, cfg: TrainConfig):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         raise ConfigError(f"--stop-at {args.stop_at} is not allowed: must be >= 1")
     check_distributed_flags(args)

@@ -64,6 +64,10 @@ def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
     assert rows["fresh"]["status"] == "new" and rows["fresh"]["last eval"] == "-"
     assert rows["fresh"]["steps"] == "0/800"
 
+    # a resumed run keeps its preset: --resume names none
+    assert run_cli(train_cli.main, ["--resume", str(root / "sweep" / "paused"), "--stop-at", "600", *QUIET]) == 0
+    assert rl_runs(capsys, str(root))["sweep/paused"]["preset"] == "cartpole"
+
 
 def test_killed_training_shows_as_interrupted(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "killed"

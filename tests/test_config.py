@@ -1,0 +1,86 @@
+"""rl/config.py: one declaration per setting drives flags, TOML, validation, --help and the README."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from rl.config import (ConfigError, TrainConfig, base_config, dumps_toml, field_specs, from_dict, resumable_keys,
+                       run_cli, validate_train)
+from scripts import train as train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve(argv):
+    return train_cli.resolve_config(train_cli.build_parser(argv).parse_args(argv))[0]
+
+
+@pytest.mark.parametrize("argv,key,value", [
+    (["--v-min", "-1e1"], "v_min", -10.0),
+    (["--v-min", "-7"], "v_min", -7.0),
+    (["--v-max", "1e1", "--v-min", "-2.5e-1"], "v_min", -0.25),
+])
+def test_negative_numbers_are_values_not_flags(argv, key, value):
+    assert getattr(resolve(["--preset", "cartpole", *argv]), key) == value
+
+
+def test_a_negative_value_out_of_range_is_named_by_the_validator(tmp_path, capsys):
+    code = run_cli(train_cli.main, ["--preset", "cartpole", "--learning-rate", "-1e-3", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "learning_rate = -0.001" in err[0] and "> 0" in err[0]
+
+
+def test_config_file_without_preset_applies_the_default_preset(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("seed = 7\n")
+    cfg, preset = base_config(None, path)
+    breakout = from_dict(TrainConfig, tomllib.loads((ROOT / "presets" / "breakout.toml").read_text()))
+    assert preset == "breakout" and cfg == dataclasses.replace(breakout, seed=7)
+    assert cfg.eval_every == 250_000 != TrainConfig().eval_every      # the preset's, not the dataclass default
+
+
+def help_default(argv, flag):
+    out = subprocess.run([sys.executable, "-m", "scripts.train", *argv, "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env={"COLUMNS": "400", "PATH": ""}).stdout
+    line = next(line for line in out.splitlines() if line.strip().startswith(flag))
+    return re.search(r"\(([^()]*): ([^()]*)\)\s*$", line).groups()
+
+
+def test_help_shows_what_the_chosen_preset_runs_with():
+    assert help_default([], "--eval-every") == ("breakout preset", "250000")
+    assert help_default(["--preset", "cartpole"], "--eval-every") == ("cartpole preset", "20000")
+
+
+def test_resumable_settings_are_declared_on_the_settings():
+    assert "total_steps" in resumable_keys() and "eval_every" in resumable_keys()
+    assert "learning_rate" not in resumable_keys() and "seed" not in resumable_keys()
+
+
+WEIRD = {"plain": "breakout", "newline": "a\nb", "quotes": 'say "hi" \\ back', "key with space": 1,
+         "unicode": "é✓", "table": {"eps": 1.5e-4, "odd key": "x\ty"}, "list": [64, 64], "empty": {}}
+
+
+def test_toml_writer_round_trips_any_string_and_key():
+    assert tomllib.loads(dumps_toml(WEIRD)) == WEIRD
+
+
+@pytest.mark.parametrize("preset", ["breakout", "breakout-100k", "breakout-rainbow", "cartpole"])
+def test_every_key_of_every_preset_round_trips(preset):
+    cfg, _ = base_config(preset, None)
+    data = dataclasses.asdict(cfg)
+    assert set(data) == set(field_specs(TrainConfig))
+    assert from_dict(TrainConfig, tomllib.loads(dumps_toml(data))) == cfg
+
+
+def test_double_dqn_without_a_target_is_refused_as_a_no_op():
+    cfg = from_dict(TrainConfig, {"env": "cartpole", "network": "mlp", "double": True, "target": "none"})
+    with pytest.raises(ConfigError, match="double = true is not allowed with target = 'none'"):
+        validate_train(cfg)
+    validate_train(dataclasses.replace(cfg, double=False))
