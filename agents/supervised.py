@@ -111,11 +111,53 @@ def check_model_fits(model: str, feature_shape: tuple[int, ...], data: str) -> N
                           f"{feature_shape}: cnn takes images [H, W] or [C, H, W] of at least 4x4; use mlp")
 
 
-def make_classifier(model: str, feature_shape: Sequence[int], num_classes: int,
-                    hidden_sizes: Sequence[int], dropout: float = 0.0) -> nn.Module:
+class Standardize(nn.Module):
+    """(x - mean) / std with the training split's statistics: per feature for the MLP, per channel for the
+    CNN (one scale per image plane keeps its spatial structure). They are buffers, so the checkpoint
+    carries them and every prediction applies them: uint8 counts 0-16 train as well as the same data
+    stored as 0-255. Constant inputs keep std 1."""
+
+    def __init__(self, stat_shape: Sequence[int]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(tuple(stat_shape)))
+        self.register_buffer("std", torch.ones(tuple(stat_shape)))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> "Standardize":
+        """Set the statistics from ``x`` [N, *feature_shape], reducing over the axes the stats broadcast on."""
+        aligned = (1,) * (x.dim() - self.mean.dim()) + tuple(self.mean.shape)
+        dims = [i for i, size in enumerate(aligned) if size == 1]
+        x64 = x.double()
+        mean = x64.mean(dim=dims, keepdim=True)
+        std = x64.std(dim=dims, keepdim=True, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        self.mean.copy_(mean.reshape(self.mean.shape))
+        self.std.copy_(std.reshape(self.std.shape))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def stat_shape(model: str, feature_shape: Sequence[int]) -> tuple[int, ...]:
+    """What :class:`Standardize` keeps: a mean per feature (mlp) or per channel (cnn: [C, 1, 1], or [1, 1]
+    for images without a channel axis)."""
     if model == "cnn":
-        return SmallCNN(feature_shape, num_classes, hidden_sizes, dropout)
-    return mlp(math.prod(feature_shape), num_classes, hidden_sizes, dropout)
+        return (feature_shape[0], 1, 1) if len(feature_shape) == 3 else (1, 1)
+    return tuple(feature_shape)
+
+
+def make_classifier(model: str, feature_shape: Sequence[int], num_classes: int,
+                    hidden_sizes: Sequence[int], dropout: float = 0.0,
+                    train_x: torch.Tensor | None = None) -> nn.Sequential:
+    """[B, *feature_shape] -> logits [B, classes], inputs standardised by the statistics of ``train_x``
+    (identity until fitted; a loaded checkpoint restores them)."""
+    net = SmallCNN(feature_shape, num_classes, hidden_sizes, dropout) if model == "cnn" else \
+        mlp(math.prod(feature_shape), num_classes, hidden_sizes, dropout)
+    inputs = Standardize(stat_shape(model, feature_shape))
+    if train_x is not None:
+        inputs.fit(train_x)
+    return nn.Sequential(inputs, net)
 
 
 # --- the trainer -------------------------------------------------------------------------------

@@ -245,13 +245,7 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return order[n_val:], order[:n_val]
 
 
-def input_scale(x: np.ndarray) -> float:
-    """Multiplier that brings stored values to model scale: uint8 pixels to [0, 1], others as stored."""
-    return 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
-
-
 def features(x: np.ndarray) -> torch.Tensor:
-    """float32 model inputs [N, *feature_shape], scaled by :func:`input_scale`."""
-    scale = input_scale(x)
-    t = torch.from_numpy(np.ascontiguousarray(x)).float()   # shares float32 memory, converts the rest
-    return t * scale if scale != 1.0 else t
+    """float32 model inputs [N, *feature_shape] as stored; the model standardises them itself
+    (agents.supervised.Standardize), so the range a data set was stored in does not matter."""
+    return torch.from_numpy(np.ascontiguousarray(x)).float()   # shares float32 memory, converts the rest

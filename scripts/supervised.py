@@ -30,7 +30,7 @@ from envs import make_env
 from rl import checkpoint as ckpt
 from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, dumps_toml, from_dict, load_toml,
                        overrides_from_args, run_cli)
-from rl.data import BUILTINS, DataError, features, input_scale, load_dataset, split
+from rl.data import BUILTINS, DataError, features, load_dataset, split
 from rl.logging import Logger
 from rl.registry import RegistryError, describe, get_optimizer, optimizer_kwargs, optimizer_names
 
@@ -151,9 +151,10 @@ def train_logged(cfg, model, x, y, train, val, device, run_dir: Path, *, model_m
 def train_classifier(cfg, data, x, y, train, val, device, run_dir: Path, **fit_options):
     """Seed, build the classifier ``cfg`` names and train it: one seed, one set of initial weights."""
     torch.manual_seed(cfg.seed)
-    model = make_classifier(cfg.model, data.feature_shape, data.num_classes, cfg.hidden_sizes, cfg.dropout)
+    model = make_classifier(cfg.model, data.feature_shape, data.num_classes, cfg.hidden_sizes, cfg.dropout,
+                            train_x=x[train])
     meta = {"data": data.name, "feature_shape": list(data.feature_shape), "num_classes": data.num_classes,
-            "input_scale": input_scale(data.x)}
+            "inputs": "standardised by the training split's mean and std (the model's first layer)"}
     return train_logged(cfg, model, x, y, train, val, device, run_dir, model_meta=meta, **fit_options)[1]
 
 

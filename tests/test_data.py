@@ -225,8 +225,9 @@ def test_split_is_disjoint_complete_and_seeded():
     assert not np.array_equal(val, split(103, 0.2, seed=4)[1])
 
 
-def test_features_scale_pixels_only():
+def test_features_are_float32_as_stored():
+    """No scaling here: the model standardises its inputs (agents.supervised.Standardize)."""
     pixels = np.array([[0, 255]], np.uint8)
-    torch.testing.assert_close(features(pixels), torch.tensor([[0.0, 1.0]]))
+    torch.testing.assert_close(features(pixels), torch.tensor([[0.0, 255.0]]))
     values = np.array([[-3.0, 7.5]], np.float64)
     torch.testing.assert_close(features(values), torch.tensor([[-3.0, 7.5]]))

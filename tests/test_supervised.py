@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.supervised import (SmallCNN, SupervisedConfig, SupervisedTrainer, clone_payload, make_classifier,
+from agents.supervised import (SmallCNN, Standardize, SupervisedConfig, SupervisedTrainer, clone_payload, make_classifier,
                                teacher_network)
 from rl import checkpoint as ckpt
 from rl.config import TrainConfig, run_cli
@@ -199,7 +199,7 @@ def test_classify_idx_folder_with_cnn_and_npz_with_mlp(tmp_path, capsys):
                              "--hidden-sizes", "[8]", "--run-dir", str(tmp_path / "a")], capsys)
     assert code == 0 and "validation accuracy" in out
     meta = ckpt.decode_meta(ckpt.load(tmp_path / "a" / "checkpoints" / "latest.pt")["meta"])
-    assert meta["feature_shape"] == [5, 4] and meta["input_scale"] == pytest.approx(1 / 255)
+    assert meta["feature_shape"] == [5, 4] and "standardised" in meta["inputs"]
 
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(50, 3)), y=np.arange(50) % 2)
     code, out, _ = run_main(["classify", "--data", str(tmp_path / "d.npz"), "--epochs", "1",
@@ -440,3 +440,31 @@ def test_behaviour_clone_reaches_90_percent_of_the_teacher(cartpole_teacher, tmp
           file=sys.stderr)
     assert results["teacher"] >= 100  # a real teacher, so that 90% of it means something
     assert results["clone"] >= 0.9 * results["teacher"], results
+
+
+def test_the_stored_range_of_uint8_features_does_not_matter(tmp_path, capsys):
+    """The same images stored as counts 0-15 and as 0-255 train alike: the model standardises its inputs by
+    the training split's statistics (dividing uint8 by 255 left the counts 17x too small to learn from)."""
+    data = builtin("stripes", 1500)
+    counts = (data.x // 16).astype(np.uint8)                                  # uint8 0..15
+    accuracy = {}
+    for name, x in (("counts", counts), ("pixels", counts * np.uint8(17))):  # uint8 0..255
+        np.savez(tmp_path / f"{name}.npz", x=x, y=data.y)
+        code, out, _ = run_main(["classify", "--data", str(tmp_path / f"{name}.npz"), "--epochs", "5",
+                                 "--torch-threads", "1", "--run-dir", str(tmp_path / name)], capsys)
+        assert code == 0
+        accuracy[name] = float(out.split("validation accuracy: ")[1].split()[0])
+    assert abs(accuracy["counts"] - accuracy["pixels"]) <= 0.01
+    assert accuracy["counts"] > 0.4                                           # 4 classes: chance is 0.25
+
+
+def test_standardize_keeps_per_feature_or_per_channel_statistics():
+    x = torch.tensor([[[1.0, 2.0], [3.0, 5.0]], [[3.0, 2.0], [7.0, 9.0]]])   # [N=2, 2, 2]
+    per_feature = Standardize((2, 2)).fit(x)
+    torch.testing.assert_close(per_feature.mean, torch.tensor([[2.0, 2.0], [5.0, 7.0]]))
+    torch.testing.assert_close(per_feature.std, torch.tensor([[1.0, 1.0], [2.0, 2.0]]))   # constant -> 1
+    per_channel = Standardize((2, 1, 1)).fit(x.unsqueeze(-1))               # [N, C=2, H=2, W=1]
+    torch.testing.assert_close(per_channel.mean.flatten(), torch.tensor([2.0, 6.0]))
+    out = per_channel(x.unsqueeze(-1))
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(2))
+    torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(2))
