@@ -539,7 +539,6 @@ class DistributedTrainer(Trainer):
         next_log = (self.step // cfg.log_every + 1) * cfg.log_every
         next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else float("inf")
-        started = time.perf_counter()
         status = "finished"
 
         def publish() -> None:
@@ -677,14 +676,12 @@ class DistributedTrainer(Trainer):
                         break
                 if self.step >= next_checkpoint:
                     next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                    self.wall_time += time.perf_counter() - started
-                    started = time.perf_counter()
+                    self._tick()
                     self.save(periodic=True)
                     self._write_status("running")
                 if stop.requested or (stop_at is not None and stop_at <= self.step < cfg.total_steps):
                     status = "stopped"
                     break
-        self.wall_time += time.perf_counter() - started
         return status
 
 

@@ -54,6 +54,9 @@ def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
     assert list(rows) == ["broken", "done", "elsewhere", "fresh", "sweep/paused"]
     evals = [json.loads(line) for line in (root / "done" / "evaluations.jsonl").read_text().splitlines()]
     best = max(evals, key=lambda r: r["mean"])
+    times = [r["wall_time"] for r in evals]                               # rl-runs --plot's time axis
+    assert [r["step"] for r in evals] == [400, 800] and 0 <= times[0] <= times[1]
+    assert times[1] <= json.loads((root / "done" / "run.json").read_text())["wall_time"]
     assert rows["done"] == {"run": "done", "preset": "cartpole", "env": "cartpole", "steps": "800/800",
                             "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
                             "best hns": "-", "wall time": rows["done"]["wall time"], "status": "finished"}
