@@ -119,6 +119,6 @@ def test_step_counts_read_at_a_glance(n, shown):
 def test_missing_or_empty_dir(tmp_path, capsys):
     assert run_cli(runs_cli.main, [str(tmp_path / "nope")], prog="rl-runs") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rl-runs: error: DIR") and "nope" in err[0]
+    assert len(err) == 1 and err[0].startswith("rl-runs: error: RUN_OR_DIR") and "nope" in err[0]
     assert run_cli(runs_cli.main, [str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"no runs under {tmp_path}"
