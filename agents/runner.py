@@ -21,6 +21,7 @@ import torch
 
 from agents.dqn import DQNAgent, resolve_device
 from agents.evaluation import play, protocol_line, score_line
+from agents.policy import is_policy_file, load_training_checkpoint
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
@@ -164,7 +165,7 @@ class Trainer:
 
     def restore(self) -> None:
         """Continue from ``latest.pt``: weights, optimizer, counters, RNGs, env state and replay."""
-        payload = ckpt.load(self.checkpoints.latest, map_location=self.device)
+        payload = load_training_checkpoint(self.checkpoints.latest, self.device)
         meta = ckpt.decode_meta(payload["meta"])
         self.agent.load_state_dict(payload["agent"])
         self.agent.rng.bit_generator.state = meta["agent_rng"]
@@ -356,6 +357,11 @@ class Trainer:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
+    if run_dir.is_file():
+        policy = is_policy_file(run_dir)
+        what = "a weights-only policy file (rl-export), which cannot be resumed" if policy else "a file"
+        raise ConfigError(f"--resume {str(run_dir)!r} is {what}; pass the run directory rl-train wrote (it holds "
+                          f"config.toml and checkpoints/latest.pt)")
     path = run_dir / "config.toml"
     if not path.exists():
         raise ConfigError(f"--resume {str(run_dir)!r}: no config.toml there; pass a directory made by rl-train")
