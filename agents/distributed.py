@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("distributed training needs Ray: pip install -e '.[distributed]'") from exc
 
 from agents.dqn import DQNAgent, resolve_device
+from agents.policy import load_training_checkpoint
 from agents.runner import RunDirError, StopRequested, Trainer, TrainingDiverged, updates_due
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
@@ -468,7 +469,7 @@ class DistributedTrainer(Trainer):
     def restore(self) -> None:
         """Continue the learner from ``latest.pt`` (of a distributed or a single-process run): weights,
         optimizer, counters. The replay is not saved, so updates pause for learning_starts fresh steps."""
-        payload = ckpt.load(self.checkpoints.latest, map_location=self.device)
+        payload = load_training_checkpoint(self.checkpoints.latest, self.device)
         meta = ckpt.decode_meta(payload["meta"])
         self.agent.load_state_dict(payload["agent"])
         torch.set_rng_state(payload["torch_rng"])
@@ -539,7 +540,6 @@ class DistributedTrainer(Trainer):
         next_log = (self.step // cfg.log_every + 1) * cfg.log_every
         next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else float("inf")
-        started = time.perf_counter()
         status = "finished"
 
         def publish() -> None:
@@ -677,14 +677,12 @@ class DistributedTrainer(Trainer):
                         break
                 if self.step >= next_checkpoint:
                     next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                    self.wall_time += time.perf_counter() - started
-                    started = time.perf_counter()
+                    self._tick()
                     self.save(periodic=True)
                     self._write_status("running")
                 if stop.requested or (stop_at is not None and stop_at <= self.step < cfg.total_steps):
                     status = "stopped"
                     break
-        self.wall_time += time.perf_counter() - started
         return status
 
 

@@ -65,6 +65,11 @@ def project_distribution(next_probs: torch.Tensor, reward: torch.Tensor, discoun
     return m
 
 
+def weights_played(cfg: TrainConfig) -> str:
+    """Which weights evaluations play under ``cfg``, as reports name them."""
+    return "online" if cfg.eval_ema == 0 else f"average (eval_ema {cfg.eval_ema:g})"
+
+
 class DQNAgent:
     def __init__(self, cfg: TrainConfig, obs_shape: tuple[int, ...], num_actions: int,
                  device: torch.device | str = "cpu"):

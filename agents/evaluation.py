@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from agents.dqn import weights_played
 from envs.base import VecEnv
 
 
@@ -95,7 +96,7 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
         cleanup.callback(player.q.train, player.q.training)
         player.q.eval()
         results = evaluate(player, env, episodes, epsilon, on_game)
-        results["weights"] = "online" if agent.average is None else f"average (eval_ema {agent.cfg.eval_ema:g})"
+        results["weights"] = weights_played(agent.cfg)
         if recorder is not None:
             frames = recorder.save()
             results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}

@@ -21,6 +21,7 @@ import torch
 
 from agents.dqn import DQNAgent, resolve_device
 from agents.evaluation import play, protocol_line, score_line
+from agents.policy import is_policy_file, load_training_checkpoint
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
@@ -70,6 +71,8 @@ def updates_due(step: int, cfg: TrainConfig) -> int:
 
 
 class Trainer:
+    _clock: float | None = None       # perf_counter() up to which wall_time counts; None outside train()
+
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, preset: str | None = None, show_progress: bool | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -162,7 +165,7 @@ class Trainer:
 
     def restore(self) -> None:
         """Continue from ``latest.pt``: weights, optimizer, counters, RNGs, env state and replay."""
-        payload = ckpt.load(self.checkpoints.latest, map_location=self.device)
+        payload = load_training_checkpoint(self.checkpoints.latest, self.device)
         meta = ckpt.decode_meta(payload["meta"])
         self.agent.load_state_dict(payload["agent"])
         self.agent.rng.bit_generator.state = meta["agent_rng"]
@@ -181,6 +184,14 @@ class Trainer:
             self.refill_until = self.step + self.cfg.learning_starts
             self.resume_note = (f"no replay saved with this checkpoint: refilling {self.cfg.learning_starts} "
                                 f"steps before updates resume")
+
+    def _tick(self) -> None:
+        """Bring wall_time up to now while train() runs, so checkpoints and evaluations record the seconds
+        trained so far (evaluations and checkpoints included)."""
+        if self._clock is not None:
+            now = time.perf_counter()
+            self.wall_time += now - self._clock
+            self._clock = now
 
     # --- diagnostics and periodic evaluation --------------------------------------------------
     @staticmethod
@@ -207,10 +218,13 @@ class Trainer:
         its best (CartPole's can collapse late), and a user evaluating a run wants the one that scored."""
         cfg = self.cfg
         video = self.run_dir / "videos" / f"eval_step_{self.step}.mp4" if cfg.eval_video else None
+        self._tick()
+        wall_time = round(self.wall_time, 1)                # when this network was current, for rl-runs --plot
         try:
             results = play(lambda env: self.agent, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon,
                            seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, video=video, video_episodes=1)
             results["step"] = self.step
+            results["wall_time"] = wall_time
             results["best"] = results["mean"] > max((r["mean"] for r in read_evaluations(self.run_dir)),
                                                     default=-math.inf)
             if results["best"]:
@@ -253,6 +267,7 @@ class Trainer:
             logger.graph(self.agent.q, torch.as_tensor(self.obs[:1], device=self.device))
         progress = Progress(cfg.total_steps, initial=self.step, disable=self.show_progress is False or None)
         self._write_status("running")
+        self._clock = time.perf_counter()
         try:
             status = self._loop(stop_at, logger, progress)
         except (TrainingDiverged, RunDirError):
@@ -260,6 +275,8 @@ class Trainer:
                 self._write_status("failed")
             raise
         finally:
+            self._tick()
+            self._clock = None
             progress.close()
             logger.flush()
             logger.close()
@@ -274,7 +291,6 @@ class Trainer:
         next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
         metrics: dict[str, torch.Tensor] = {}
-        started = time.perf_counter()
         status = "finished"
         with StopRequested() as stop:
             while self.step < cfg.total_steps:
@@ -329,14 +345,12 @@ class Trainer:
                         break
                 if self.step >= next_checkpoint:
                     next_checkpoint += cfg.checkpoint_every
-                    self.wall_time += time.perf_counter() - started
-                    started = time.perf_counter()
+                    self._tick()
                     self.save(periodic=True)
                     self._write_status("running")
                 if stop.requested or (stop_at is not None and self.step >= stop_at and self.step < cfg.total_steps):
                     status = "stopped"
                     break
-        self.wall_time += time.perf_counter() - started
         return status
 
     def close(self) -> None:
@@ -344,6 +358,11 @@ class Trainer:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
+    if run_dir.is_file():
+        policy = is_policy_file(run_dir)
+        what = "a weights-only policy file (rl-export), which cannot be resumed" if policy else "a file"
+        raise ConfigError(f"--resume {str(run_dir)!r} is {what}; pass the run directory rl-train wrote (it holds "
+                          f"config.toml and checkpoints/latest.pt)")
     path = run_dir / "config.toml"
     if not path.exists():
         raise ConfigError(f"--resume {str(run_dir)!r}: no config.toml there; pass a directory made by rl-train")

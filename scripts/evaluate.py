@@ -2,10 +2,10 @@
 
     rl-evaluate runs/cp/checkpoints/latest.pt --episodes 20 --json results.json
     rl-evaluate runs/bo/checkpoints/latest.pt --episodes 10 --video games.mp4 --video-episodes 3
+    rl-evaluate breakout.pt --episodes 30           # a policy file written by rl-export
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,8 +15,10 @@ from rl.config import ArgumentParser, ConfigError, run_cli
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="rl-evaluate", description="Evaluate a checkpoint on full games with raw scores.")
-    parser.add_argument("checkpoint", type=Path, help="a .pt file written by rl-train (e.g. RUN/checkpoints/latest.pt)")
+    parser = ArgumentParser(prog="rl-evaluate", description="Evaluate a checkpoint or policy file on full games with "
+                            "raw scores.")
+    parser.add_argument("checkpoint", type=Path, help="a .pt file written by rl-train (e.g. RUN/checkpoints/latest.pt) "
+                        "or by rl-export")
     parser.add_argument("--episodes", type=int, default=30, help="full games to play (default: 30)")
     parser.add_argument("--epsilon", type=float, default=None, help="exploration during evaluation (default: the "
                         "run's eval_epsilon: 0.05, the Nature protocol; 0.001 in breakout-100k, DrQ(epsilon)'s)")
@@ -28,7 +30,8 @@ def build_parser() -> ArgumentParser:
                         "another: MP4, or GIF when PATH ends in .gif (needs the video extra)")
     parser.add_argument("--video-episodes", type=int, metavar="K", help="film only the first K games (default: all)")
     parser.add_argument("--online", action="store_true", help="play the online weights even where the run kept "
-                        "a weight average for evaluation (eval_ema > 0), which is what it plays by default")
+                        "a weight average for evaluation (eval_ema > 0), which is what it plays by default (a policy "
+                        "file holds one of the two: rl-export --online exports the online weights)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the games (for logs and CI)")
     return parser
 
@@ -50,21 +53,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--video-episodes {args.video_episodes} is not allowed: "
                               f"must be between 1 and --episodes ({args.episodes})")
 
-    from agents.dqn import DQNAgent, resolve_device
+    from agents.dqn import resolve_device
     from agents.evaluation import play, protocol_line, score_line
+    from agents.policy import load_policy
     from envs import is_atari
-    from rl import checkpoint as ckpt
-    from rl.config import TrainConfig, from_dict
+    from rl.checkpoint import CheckpointError
     from rl.logging import Progress
 
     device = resolve_device(args.device)
     try:
-        payload = ckpt.load(args.checkpoint, map_location=device)
-        cfg = from_dict(TrainConfig, payload["config"])
-        if args.online:
-            cfg = dataclasses.replace(cfg, eval_ema=0.0)
-    except ckpt.CheckpointError as exc:
+        policy = load_policy(args.checkpoint, device, online=args.online)
+    except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
+    cfg = policy.cfg
     if cfg.torch_threads:
         import torch
         torch.set_num_threads(cfg.torch_threads)           # small nets: more threads only contend
@@ -77,19 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"--video {str(args.video)!r}: cannot create its directory: {exc.strerror}") from None
 
-    def saved_agent(env):
-        agent = DQNAgent(cfg, env.obs_shape, env.num_actions, device)
-        saved = payload["agent"]
-        agent.load_state_dict({"q": saved["q"], "target": saved["q"], "average": saved.get("average", saved["q"])})
-        return agent
-
     epsilon = cfg.eval_epsilon if args.epsilon is None else args.epsilon
     # At epsilon 0.001 a game can run to the 108,000-frame cap: the bar shows the games done and their mean.
     progress = Progress(args.episodes, window=args.episodes, unit="game", unit_scale=False,
                         disable=args.no_progress or None)
     try:
-        results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
-                       num_envs=args.num_envs or 8, video=args.video, video_episodes=args.video_episodes,
+        results = play(lambda env: policy.agent(env.obs_shape, env.num_actions, device), cfg,
+                       episodes=args.episodes, epsilon=epsilon, seed=args.seed, num_envs=args.num_envs or 8,
+                       video=args.video, video_episodes=args.video_episodes,
                        on_game=lambda score, length: progress.update(1, [score]))
     finally:
         progress.close()

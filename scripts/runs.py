@@ -1,7 +1,9 @@
-"""rl-runs: one table of the runs under a directory: progress, evaluation scores and status.
+"""rl-runs: one table of the runs under a directory: progress, evaluation scores and status; or, with
+--plot, their learning curves in one picture.
 
     rl-runs                 # every run under runs/
     rl-runs runs/sweep
+    rl-runs --plot curves.png runs/sweep runs/baseline-s1
 
 A run is a directory holding a ``config.toml`` written by rl-train. Scores come from its
 ``evaluations.jsonl`` (periodic evaluation, ``eval_every``), progress and status from ``run.json``.
@@ -22,10 +24,26 @@ COLUMNS = ("run", "preset", "env", "steps", "last eval", "best eval", "best hns"
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="rl-runs", description="List the runs under DIR: steps, evaluation scores, status.")
-    parser.add_argument("dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR",
-                        help="a directory of run directories, searched recursively (default: runs)")
+    parser = ArgumentParser(prog="rl-runs", description="List the runs under DIR: steps, evaluation scores, status; "
+                            "or draw their learning curves (--plot).")
+    parser.add_argument("paths", nargs="*", type=Path, default=[Path("runs")], metavar="RUN_OR_DIR",
+                        help="run directories, or directories searched recursively for them (default: runs)")
+    parser.add_argument("--plot", type=Path, metavar="IMAGE", help="instead of the table, draw the evaluation curves "
+                        "into IMAGE (.png, .pdf, .svg): return against agent steps and against wall time, the seeds of "
+                        "one setting as their mean with a min-max band; needs the plot extra")
     return parser
+
+
+def find_runs(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """(run directory, the given path it was found under), each run once, in the order of ``paths``."""
+    found: dict[Path, Path] = {}
+    for root in paths:
+        if not root.is_dir():
+            raise ConfigError(f"RUN_OR_DIR {str(root)!r} is not a directory; pass a run directory or the directory "
+                              f"rl-train writes runs to (default: runs)")
+        for run_dir in sorted({p.parent for p in root.rglob("config.toml")}):
+            found.setdefault(run_dir, root)
+    return list(found.items())
 
 
 def run_status(info: dict[str, Any]) -> str:
@@ -99,17 +117,67 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def plot(paths: Sequence[Path], image: Path) -> int:
+    """--plot: check everything (matplotlib, format, runs, evaluations) before drawing anything."""
+    try:
+        import matplotlib  # noqa: F401  (the optional extra: only --plot needs it)
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib, which is not installed: pip install -e '.[plot]'") from None
+    from rl import curves
+
+    formats = curves.image_formats()
+    if image.suffix.lstrip(".").lower() not in formats:
+        raise ConfigError(f"--plot {str(image)!r}: cannot tell the image format from its suffix; end it in one of: "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    runs = find_runs(paths)
+    shown = ", ".join(str(p) for p in paths)
+    if not runs:
+        raise ConfigError(f"no runs under {shown}: --plot wants run directories written by rl-train (holding "
+                          f"config.toml and evaluations.jsonl)")
+    found, skipped = [], []
+    for run_dir, root in runs:
+        curve = curves.read_curve(run_dir)
+        if curve.step.size:
+            found.append(curve)
+        elif run_dir == root:
+            raise ConfigError(f"run {str(run_dir)!r} has no evaluations: --plot wants its evaluations.jsonl, which "
+                              f"rl-train writes when it evaluates (--eval-every N)")
+        else:
+            skipped.append(run_dir)
+    if not found:
+        raise ConfigError(f"no run under {shown} has evaluations yet: --plot wants evaluations.jsonl, which rl-train "
+                          f"writes when it evaluates (--eval-every N)")
+    try:
+        groups = curves.group_runs(found)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for run_dir in skipped:
+        print(f"rl-runs: note: {run_dir} has no evaluations yet; left out", file=sys.stderr)
+    for curve in found:
+        if curve.untimed:
+            print(f"rl-runs: note: {curve.untimed} evaluations of {curve.path} carry no wall time (an older rl-train); "
+                  f"left out of the wall-time panel", file=sys.stderr)
+    try:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        curves.draw(groups, image)
+    except OSError as exc:
+        print(f"rl-runs: error: cannot write {image}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{image}: {len(found)} runs in {len(groups)} settings")
+    for g in groups:
+        print(f"  {g.legend}: {g.mean[-1]:.1f} at {count(int(g.step[-1]))} steps ({len(g.step)} shared evaluations)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    root: Path = args.dir
-    if not root.is_dir():
-        raise ConfigError(f"DIR {str(root)!r} is not a directory; pass the directory rl-train writes runs to "
-                          f"(default: runs)")
-    run_dirs = sorted({p.parent for p in root.rglob("config.toml")})
-    if not run_dirs:
-        print(f"no runs under {root}")
+    if args.plot is not None:
+        return plot(args.paths, args.plot)
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"no runs under {', '.join(str(p) for p in args.paths)}")
         return 0
-    print(table([summarize(d, root) for d in run_dirs]))
+    print(table([summarize(run_dir, root) for run_dir, root in runs]))
     return 0
 
 

@@ -54,6 +54,9 @@ def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
     assert list(rows) == ["broken", "done", "elsewhere", "fresh", "sweep/paused"]
     evals = [json.loads(line) for line in (root / "done" / "evaluations.jsonl").read_text().splitlines()]
     best = max(evals, key=lambda r: r["mean"])
+    times = [r["wall_time"] for r in evals]                               # rl-runs --plot's time axis
+    assert [r["step"] for r in evals] == [400, 800] and 0 <= times[0] <= times[1]
+    assert times[1] <= json.loads((root / "done" / "run.json").read_text())["wall_time"]
     assert rows["done"] == {"run": "done", "preset": "cartpole", "env": "cartpole", "steps": "800/800",
                             "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
                             "best hns": "-", "wall time": rows["done"]["wall time"], "status": "finished"}
@@ -120,6 +123,6 @@ def test_step_counts_read_at_a_glance(n, shown):
 def test_missing_or_empty_dir(tmp_path, capsys):
     assert run_cli(runs_cli.main, [str(tmp_path / "nope")], prog="rl-runs") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rl-runs: error: DIR") and "nope" in err[0]
+    assert len(err) == 1 and err[0].startswith("rl-runs: error: RUN_OR_DIR") and "nope" in err[0]
     assert run_cli(runs_cli.main, [str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"no runs under {tmp_path}"

@@ -1,0 +1,192 @@
+"""Learning curves from run directories: each run's periodic evaluations, runs of one setting gathered
+across seeds, and a two-panel figure of evaluation return against agent steps and against wall time.
+
+A *setting* is a run's whole config except its seed and the keys that cannot change what is learned
+(:data:`BOOKKEEPING`), so ``rl-sweep --seeds 0..4`` gives one group per grid point. matplotlib is an
+optional extra, imported only by :func:`draw`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from rl.config import TrainConfig, load_toml, toml_value
+from rl.logging import read_evaluations
+
+# Keys that say where or how often a run wrote things, or which hardware it used, not what it learned;
+# together with the seed they are left out when runs are gathered into settings.
+BOOKKEEPING = frozenset({"seed", "device", "torch_threads", "env_threads", "log_every", "checkpoint_every",
+                         "keep_checkpoints", "save_replay", "eval_video", "actor_max_restarts"})
+
+
+@dataclass(frozen=True)
+class RunCurve:
+    """One run's evaluations, in step order."""
+
+    path: Path
+    preset: str | None
+    config: dict[str, Any]      # every TrainConfig key; the defaults fill in what config.toml leaves out
+    step: np.ndarray            # agent steps at each evaluation
+    mean: np.ndarray            # mean return over the evaluation's games
+    std: np.ndarray             # standard deviation over those games
+    hours: np.ndarray           # training wall time at each evaluation; NaN where the file predates the record
+
+    @property
+    def untimed(self) -> int:
+        """Evaluations written before rl-train recorded their wall time."""
+        return int(np.isnan(self.hours).sum())
+
+
+@dataclass(frozen=True)
+class GroupCurve:
+    """Runs of one setting, at the evaluation steps they all share. One run: its line and its ± std over
+    games. Several: the mean over runs and the min-max band across them."""
+
+    label: str
+    runs: tuple[RunCurve, ...]
+    step: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    hours: np.ndarray           # mean over runs of their wall times at these steps (NaN where any lacks one)
+
+    @property
+    def spread(self) -> str:
+        return "± std over games" if len(self.runs) == 1 else "min-max over seeds"
+
+    @property
+    def legend(self) -> str:
+        n = len(self.runs)
+        seeds = len({r.config["seed"] for r in self.runs})
+        what = "seed" if seeds == n else "run"
+        return f"{self.label} ({n} {what}{'s' if n > 1 else ''}; band: {self.spread})"
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(TrainConfig)}
+
+
+def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` over the defaults, whole numbers in float fields as floats: a config.toml written by an
+    older rl-train (fewer keys) or by hand (``0`` for ``0.0``) names the same setting as a current one."""
+    full = _defaults()
+    for key, value in config.items():
+        default = full.get(key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        full[key] = value
+    return full
+
+
+def read_curve(run_dir: Path) -> RunCurve:
+    """The evaluations of the run in ``run_dir`` (empty arrays when it has none yet)."""
+    config = _normalized(load_toml(run_dir / "config.toml"))
+    try:
+        preset = json.loads((run_dir / "run.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        preset = None
+    evals = read_evaluations(run_dir)
+
+    def column(key: str, missing: float = math.nan) -> np.ndarray:
+        return np.array([float(r.get(key, missing)) for r in evals])
+
+    return RunCurve(path=run_dir, preset=preset, config=config, step=column("step"), mean=column("mean"),
+                    std=column("std", 0.0), hours=column("wall_time") / 3600)
+
+
+def setting_key(config: Mapping[str, Any]) -> str:
+    """The setting a config trains: every key but the seed and the bookkeeping ones, as canonical JSON."""
+    return json.dumps({k: v for k, v in config.items() if k not in BOOKKEEPING}, sort_keys=True)
+
+
+def _labels(groups: list[list[RunCurve]]) -> list[str]:
+    """Each group's preset (where all its runs name the same one), then the keys in which it differs
+    from the other groups of that preset; a group with neither is named by its env."""
+    presets = [runs[0].preset if len({r.preset for r in runs}) == 1 else None for runs in groups]
+    labels = []
+    for preset, runs in zip(presets, groups):
+        peers = [g[0].config for p, g in zip(presets, groups) if p == preset]
+        differing = [k for k in runs[0].config
+                     if k not in BOOKKEEPING and len({toml_value(c.get(k, "")) for c in peers}) > 1]
+        parts = ([preset] if preset else []) + [f"{k}={toml_value(runs[0].config[k])}" for k in differing]
+        labels.append(" ".join(parts) or str(runs[0].config["env"]))
+    return labels
+
+
+def group_runs(curves: Sequence[RunCurve]) -> list[GroupCurve]:
+    """Gather ``curves`` by setting (first appearance first) and aggregate each group at the evaluation
+    steps all its runs share. Raises ValueError when runs of one setting share no evaluation step."""
+    by_key: dict[str, list[RunCurve]] = {}
+    for curve in curves:
+        by_key.setdefault(setting_key(curve.config), []).append(curve)
+    groups = list(by_key.values())
+    result = []
+    for label, runs in zip(_labels(groups), groups):
+        shared = reduce(np.intersect1d, [r.step for r in runs])
+        if shared.size == 0:
+            raise ValueError(f"runs {', '.join(str(r.path) for r in runs)} train one setting but share no "
+                             f"evaluation step")
+        index = [np.searchsorted(r.step, shared) for r in runs]     # steps are sorted and include shared
+        means = np.stack([r.mean[i] for r, i in zip(runs, index)])  # [runs, steps]
+        mean = means.mean(axis=0)
+        if len(runs) == 1:
+            std = runs[0].std[index[0]]
+            low, high = mean - std, mean + std
+        else:
+            low, high = means.min(axis=0), means.max(axis=0)
+        hours = np.stack([r.hours[i] for r, i in zip(runs, index)]).mean(axis=0)
+        result.append(GroupCurve(label=label, runs=tuple(runs), step=shared, mean=mean, low=low, high=high,
+                                 hours=hours))
+    return result
+
+
+def image_formats() -> set[str]:
+    """File suffixes :func:`draw` can write (needs matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return set(FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+def draw(groups: Sequence[GroupCurve], path: Path) -> None:
+    """Two panels, evaluation return against agent steps and against training wall time (hours), one
+    colour per group, written atomically to ``path`` in the format its suffix names. The Agg canvas is
+    used directly: no pyplot, no display, no global backend switch in the caller's process."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    from rl.checkpoint import atomic_write
+
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    colours = colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    for i, group in enumerate(groups):
+        colour = colours(i % colours.N)
+        by_step.plot(group.step, group.mean, color=colour, marker="o", markersize=3, label=group.legend)
+        by_step.fill_between(group.step, group.low, group.high, color=colour, alpha=0.2, linewidth=0)
+        timed = ~np.isnan(group.hours)
+        if timed.any():
+            by_time.plot(group.hours[timed], group.mean[timed], color=colour, marker="o", markersize=3)
+            by_time.fill_between(group.hours[timed], group.low[timed], group.high[timed], color=colour, alpha=0.2,
+                                 linewidth=0)
+    by_step.set_xlabel("agent steps")
+    by_step.xaxis.set_major_formatter(EngFormatter())
+    by_step.set_ylabel("evaluation return (mean over games)")
+    by_time.set_xlabel("training wall time (hours; mean over seeds)")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
+    fig.suptitle("line: mean over seeds; band: min-max over seeds, or ± std over games for a single run")
+    fmt = path.suffix.lstrip(".").lower()
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
