@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rl.config import TrainConfig, load_toml, toml_value
+from rl.config import TrainConfig, load_toml, format_value
 from rl.logging import read_evaluations
 
 # Keys that say where or how often a run wrote things, or which hardware it used, not what it learned;
@@ -115,8 +115,8 @@ def _labels(groups: list[list[RunCurve]]) -> list[str]:
     for preset, runs in zip(presets, groups):
         peers = [g[0].config for p, g in zip(presets, groups) if p == preset]
         differing = [k for k in runs[0].config
-                     if k not in BOOKKEEPING and len({toml_value(c.get(k, "")) for c in peers}) > 1]
-        parts = ([preset] if preset else []) + [f"{k}={toml_value(runs[0].config[k])}" for k in differing]
+                     if k not in BOOKKEEPING and len({format_value(c.get(k, "")) for c in peers}) > 1]
+        parts = ([preset] if preset else []) + [f"{k}={format_value(runs[0].config[k])}" for k in differing]
         labels.append(" ".join(parts) or str(runs[0].config["env"]))
     return labels
 
