@@ -41,14 +41,21 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("distributed training needs Ray: pip install -e '.[distributed]'") from exc
 
+from agents.build import make_replay, replay_spec
 from agents.dqn import DQNAgent, resolve_device
 from agents.policy import load_training_checkpoint
-from agents.runner import RunDirError, StopRequested, Trainer, TrainingDiverged, updates_due
+from agents.runner import (
+    RunDirError,
+    StopRequested,
+    Trainer,
+    TrainingDiverged,
+    updates_due,
+)
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig
 from rl.logging import Logger, Progress, RateMeter, read_evaluations
-from rl.replay import TERMINATED, TRUNCATED, Batch, PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
+from rl.replay import TERMINATED, TRUNCATED, Batch, ReplayBuffer
 from rl.schedules import LinearSchedule
 
 SAMPLE_BLOCK = 16            # batches per replay round trip; the next block is fetched while this one trains
@@ -103,15 +110,6 @@ def connect(address: str | None) -> bool:
         raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster ({first}); "
                           f"start one with 'ray start --head' or leave --ray-address out") from None
     return True
-
-
-def _stack_size(obs_shape: tuple[int, ...], cfg: TrainConfig) -> int:
-    return cfg.frame_stack if len(obs_shape) == 3 else 1
-
-
-def replay_spec(cfg: TrainConfig, obs_shape, obs_dtype, num_actions: int, capacity: int) -> ReplaySpec:
-    return ReplaySpec(capacity=capacity, num_envs=cfg.num_envs, obs_shape=tuple(obs_shape), obs_dtype=obs_dtype,
-                      stack=_stack_size(obs_shape, cfg), n_step=cfg.n_step, gamma=cfg.gamma, num_actions=num_actions)
 
 
 def compact(obs: np.ndarray, stack: int) -> np.ndarray:
@@ -193,9 +191,7 @@ class ReplayServer:
     def __init__(self, cfg: TrainConfig, obs_shape, obs_dtype, num_actions: int, actors: int):
         spec = replay_spec(cfg, obs_shape, np.dtype(obs_dtype), num_actions, cfg.buffer_size // actors)
         self.prioritized = cfg.prioritized
-        self.buffers: list[ReplayBuffer] = [
-            PrioritizedReplayBuffer(spec, seed=_seed(cfg.seed, 7, i), alpha=cfg.priority_alpha, eps=cfg.priority_eps)
-            if cfg.prioritized else ReplayBuffer(spec, seed=_seed(cfg.seed, 7, i)) for i in range(actors)]
+        self.buffers: list[ReplayBuffer] = [make_replay(cfg, spec, seed=_seed(cfg.seed, 7, i)) for i in range(actors)]
         self.ids_per_buffer = self.buffers[0].slots * spec.num_envs    # global index = buffer * this + local
         self.rng = np.random.default_rng(_seed(cfg.seed, 8))
         self.registrations = [0] * actors       # incarnations of each actor so far
@@ -315,7 +311,7 @@ class ActorWorker:
         self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, "cpu")
         self.agent.rng = np.random.default_rng(seed)          # each actor its own exploration stream
         self.epsilon = actor_epsilon_schedules(cfg, actors)[index](0)   # the learner sends the current one
-        self.stack = _stack_size(self.env.obs_shape, cfg)
+        self.stack = replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions).stack
         self.version = -1                                     # learner updates behind the weights held
         self.obs = self.env.reset()
         self.first = np.ones(self.env.num_envs, bool)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.build import make_replay, replay_spec
 from agents.dqn import DQNAgent, resolve_device
 from agents.evaluation import play, protocol_line, score_line
 from agents.policy import is_policy_file, load_training_checkpoint
@@ -26,9 +27,7 @@ from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
 from rl.logging import Logger, Progress, RateMeter, process_identity, read_evaluations
-from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
 from rl.schedules import LinearSchedule
-
 
 EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
 TENSORBOARD_VIDEO_SECONDS = 20     # TensorBoard gets the start of the filmed game; RUN_DIR/videos all of it
@@ -84,13 +83,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg)
         self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
-        spec = ReplaySpec(capacity=cfg.buffer_size, num_envs=cfg.num_envs, obs_shape=self.env.obs_shape,
-                          obs_dtype=self.env.obs_dtype, stack=cfg.frame_stack if len(self.env.obs_shape) == 3 else 1,
-                          n_step=cfg.n_step, gamma=cfg.gamma, num_actions=self.env.num_actions)
-        if cfg.prioritized:
-            self.replay = PrioritizedReplayBuffer(spec, seed=cfg.seed, alpha=cfg.priority_alpha, eps=cfg.priority_eps)
-        else:
-            self.replay = ReplayBuffer(spec, seed=cfg.seed)
+        self.replay = make_replay(cfg, replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions),
+                                  seed=cfg.seed)
         self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
         self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.step = 0                 # agent steps taken, all envs together

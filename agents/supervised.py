@@ -23,8 +23,15 @@ from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, from_dict, setting
 from rl.data import builtin_names
 from rl.networks import MLPEncoder
-from rl.registry import (RegistryError, get_loss, loss_choices, make_loss, make_optimizer, optimizer_choices,
-                         optimizer_kwargs)
+from rl.registry import (
+    RegistryError,
+    get_loss,
+    loss_choices,
+    make_loss,
+    make_optimizer,
+    optimizer_choices,
+    optimizer_kwargs,
+)
 from rl.schedules import LinearSchedule
 
 

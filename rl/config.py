@@ -6,19 +6,17 @@ Validation happens at the boundary (:func:`validate`), before any work starts, a
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import math
-import re
 import shutil
-import sys
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
+
+import tomllib
 
 
 class ConfigError(ValueError):
@@ -35,11 +33,6 @@ def setting(default, help: str, *, low=None, high=None, low_open=False, choices=
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _env_choices() -> tuple[str, ...]:
-    from envs import env_names
-    return env_names()
 
 
 def _optimizer_choices() -> tuple[str, ...]:
@@ -61,8 +54,8 @@ class TrainConfig:
     """
 
     # environment
-    env: str = setting("breakout", "environment: an ALE game (snake_case) or a control task",
-                       choices=_env_choices)
+    env: str = setting("breakout", "environment: an ALE game (snake_case) or a control task "
+                                   "(checked by envs.check_config)")
     num_envs: int = setting(8, "parallel environments", low=1, high=1024)
     env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, resumable=True)
     sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
@@ -235,7 +228,8 @@ def from_dict(cls, data: Mapping[str, Any], base=None):
 
 
 def validate_train(cfg: TrainConfig) -> TrainConfig:
-    """Cross-field rules for TrainConfig; field-level rules are checked by :func:`from_dict`."""
+    """Cross-field rules for TrainConfig; field-level rules are checked by :func:`from_dict`, and the rules
+    that need to know the environment by ``envs.check_config`` (``agents.build.validated`` runs all three)."""
     from rl.registry import RegistryError, make_loss, optimizer_kwargs
 
     cfg = from_dict(TrainConfig, dataclasses.asdict(cfg))
@@ -255,12 +249,6 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
                           "value a', which is plain DQN; set double = false, or target = 'hard' or 'polyak'")
     if cfg.epsilon_end > cfg.epsilon_start:
         raise ConfigError(f"epsilon_end = {cfg.epsilon_end} is not allowed: must be <= epsilon_start ({cfg.epsilon_start})")
-    from envs import is_atari
-    if is_atari(cfg.env) == (cfg.network == "mlp"):
-        allowed = "nature_cnn or impala_cnn" if is_atari(cfg.env) else "mlp"
-        raise ConfigError(f"network = {cfg.network!r} is not allowed for env {cfg.env!r}: use {allowed}")
-    if cfg.augmentation and not is_atari(cfg.env):
-        raise ConfigError(f"augmentation = true is not allowed for env {cfg.env!r}: random shifts need image observations")
     from rl.registry import get_loss
     if not cfg.distributional and get_loss(cfg.loss).target == "class":
         raise ConfigError(f"loss = {cfg.loss!r} is not allowed for scalar TD targets: use mse, l1 or huber "
@@ -339,90 +327,3 @@ def dumps_toml(data: Mapping[str, Any]) -> str:
     """A config as a TOML document, written by tomli-w (any string, any key)."""
     import tomli_w
     return tomli_w.dumps(dict(data))
-
-
-# --- command line -----------------------------------------------------------------------------
-
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad input in one line, suggests the closest flag, and exits 2."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # a misspelt flag must not silently match a longer one
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(self._join_negative_values(sys.argv[1:] if args is None else args), namespace)
-
-    def _join_negative_values(self, args: Sequence[str]) -> list[str]:
-        """``--flag -1e-3`` -> ``--flag=-1e-3``: argparse takes a value that starts with '-' for a flag unless
-        it is a plain negative decimal, so exponents and ``-inf`` never reached the validator."""
-        takes_value = {o for a in self._actions if a.nargs is None and a.option_strings for o in a.option_strings}
-        out: list[str] = []
-        for arg in args:
-            if out and out[-1] in takes_value and NEGATIVE_NUMBER.match(arg):
-                out[-1] = f"{out[-1]}={arg}"
-            else:
-                out.append(arg)
-        return out
-
-    def parse_args(self, args=None, namespace=None):
-        parsed, extras = self.parse_known_args(args, namespace)
-        if extras:
-            flags = [o for action in self._actions for o in action.option_strings]
-            unknown = next((x for x in extras if x.startswith("-")), extras[0])
-            close = difflib.get_close_matches(unknown.split("=")[0], flags, n=1)
-            hint = f"; did you mean {close[0]}?" if close else "; see --help"
-            self.error(f"unrecognized argument {unknown!r}{hint}")
-        return parsed
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def parse_cli_value(text: str) -> Any:
-    """A CLI value parsed as a TOML value, so tables and lists use the same syntax as config files."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls, shown=None, shown_as: str = "default") -> None:
-    """One ``--kebab-case`` flag per field; values stay unset (None) unless given. ``--help`` shows each
-    value of ``shown`` (the config the command would run with; the dataclass defaults if None)."""
-    group = parser.add_argument_group("config overrides (any config.toml key)")
-    hints = typing.get_type_hints(cls)
-    shown = shown if shown is not None else cls()
-    for f in fields(cls):
-        kind = typing.get_origin(hints[f.name]) or hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} ({shown_as}: {getattr(shown, f.name)})"
-        if kind is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
-        else:
-            metavar = {int: "INT", float: "FLOAT", str: "STR", list: "LIST", dict: "TABLE"}[kind]
-            conv = str if kind is str else parse_cli_value
-            group.add_argument(_flag(f.name), dest=f.name, type=conv, default=None, metavar=metavar,
-                               help=help_text)
-
-
-def overrides_from_args(args: argparse.Namespace, cls) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-
-
-def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
-            prog: str | None = None) -> int:
-    """Run ``main`` and map errors to exit codes: ConfigError -> 2 with one line, others -> 1."""
-    prog = prog or Path(sys.argv[0]).name
-    try:
-        return main(argv)
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2

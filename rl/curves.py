@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rl.config import TrainConfig, load_toml, format_value
+from rl.config import TrainConfig, format_value, load_toml
 from rl.logging import read_evaluations
 
 # Keys that say where or how often a run wrote things, or which hardware it used, not what it learned;

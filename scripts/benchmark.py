@@ -21,9 +21,15 @@ from typing import Sequence
 
 import numpy as np
 
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, from_dict, load_preset,
-                       overrides_from_args, run_cli, validate_train)
-from scripts.train import add_distributed_flags, check_distributed_flags
+from rl.cli import (
+    ArgumentParser,
+    add_config_flags,
+    add_distributed_flags,
+    check_distributed_flags,
+    overrides_from_args,
+    run_cli,
+)
+from rl.config import ConfigError, TrainConfig, from_dict, load_preset
 
 
 def build_parser() -> ArgumentParser:
@@ -68,6 +74,7 @@ def env_ceiling(cfg: TrainConfig, steps: int) -> float:
 
 def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_dtype) -> float:
     import torch
+
     from agents.dqn import DQNAgent, resolve_device
     from rl.replay import Batch
 
@@ -94,16 +101,16 @@ def augmentation_ms(cfg: TrainConfig, obs_shape, obs_dtype) -> float | None:
     if not cfg.augmentation or len(obs_shape) != 3:
         return None
     import torch
+
     from rl.networks import random_shift
     obs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (cfg.batch_size, *obs_shape)).astype(obs_dtype))
     return 2e3 * timed(lambda: random_shift(obs, cfg.aug_pad), 200)
 
 
 def replay_figures(cfg: TrainConfig, steps: int, obs_shape, obs_dtype, num_actions) -> dict:
-    from rl.replay import ReplayBuffer, ReplaySpec
-    spec = ReplaySpec(capacity=max(steps, cfg.batch_size * 4), num_envs=cfg.num_envs, obs_shape=obs_shape,
-                      obs_dtype=obs_dtype, stack=obs_shape[0] if len(obs_shape) == 3 else 1, n_step=cfg.n_step,
-                      gamma=cfg.gamma, num_actions=num_actions)
+    from agents.build import replay_spec
+    from rl.replay import ReplayBuffer
+    spec = replay_spec(cfg, obs_shape, obs_dtype, num_actions, capacity=max(steps, cfg.batch_size * 4))
     buf = ReplayBuffer(spec)
     rng = np.random.default_rng(0)
     N = cfg.num_envs
@@ -143,6 +150,7 @@ def distributed_figures(cfg: TrainConfig, actors: int, steps: int, updates: int,
     updates/s on batches sampled from that server (the next block fetched while one trains, as in training)."""
     import ray
     import torch
+
     from agents import distributed as dist
     from agents.dqn import DQNAgent, resolve_device
 
@@ -208,11 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is not allowed: must be >= 1")
     check_distributed_flags(args)
     cfg = from_dict(TrainConfig, load_preset(args.preset))
-    cfg = validate_train(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
+    from agents.build import validated
+    cfg = validated(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
     if args.actors:
         from agents.distributed import check_config
         check_config(cfg, args.actors)
     import torch
+
     from agents.dqn import resolve_device, resolve_precision
     from envs import make_env
 

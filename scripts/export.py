@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from rl.config import ArgumentParser, ConfigError, run_cli
+from rl.cli import ArgumentParser, run_cli
+from rl.config import ConfigError
 
 
 def build_parser() -> ArgumentParser:

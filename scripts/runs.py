@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from rl.config import ArgumentParser, ConfigError, load_toml, run_cli
+from rl.cli import ArgumentParser, run_cli
+from rl.config import ConfigError, load_toml
 from rl.logging import process_alive, read_evaluations
 
 COLUMNS = ("run", "preset", "env", "steps", "last eval", "best eval", "best hns", "wall time", "status")

@@ -23,16 +23,30 @@ import numpy as np
 import torch
 
 from agents.dqn import DQNAgent, resolve_device
-from agents.supervised import (SupervisedConfig, SupervisedTrainer, check_model_fits, clone_payload,
-                               load_agent_checkpoint, make_classifier, record_demonstrations, teacher_network,
-                               validate_supervised)
+from agents.supervised import (
+    SupervisedConfig,
+    SupervisedTrainer,
+    check_model_fits,
+    clone_payload,
+    load_agent_checkpoint,
+    make_classifier,
+    record_demonstrations,
+    teacher_network,
+    validate_supervised,
+)
 from envs import make_env
 from rl import checkpoint as ckpt
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, add_config_flags, dumps_toml, from_dict, load_toml,
-                       overrides_from_args, run_cli)
+from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli
+from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
 from rl.data import BUILTINS, DataError, features, load_dataset, split
 from rl.logging import Logger
-from rl.registry import RegistryError, describe, get_optimizer, optimizer_kwargs, optimizer_names
+from rl.registry import (
+    RegistryError,
+    describe,
+    get_optimizer,
+    optimizer_kwargs,
+    optimizer_names,
+)
 
 PROG = "rl-supervised"
 TRAINING_COMMANDS = {

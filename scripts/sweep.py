@@ -28,8 +28,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rl.config import (ArgumentParser, ConfigError, TrainConfig, parse_cli_value, format_value, base_config,
-                       from_dict, preset_names, run_cli, validate_train)
+from rl.cli import ArgumentParser, parse_cli_value, run_cli
+from rl.config import (
+    ConfigError,
+    TrainConfig,
+    base_config,
+    format_value,
+    from_dict,
+    preset_names,
+)
 
 EVAL_SEED_OFFSET = 10_000    # agents.runner's: a run's evaluation games never share its training seeds
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
@@ -137,12 +144,13 @@ def run_name(point: tuple[tuple[str, Any], ...], seed: int) -> str:
 
 def build_grid(base: TrainConfig, axes, seeds) -> list[dict[str, Any]]:
     """Every (point, seed) with its validated config; bad combinations stop the sweep before any work."""
+    from agents.build import validated
     runs = []
     keys = [k for k, _ in axes]
     for values in itertools.product(*(v for _, v in axes)):
         point = tuple(zip(keys, values))
         for seed in seeds:
-            cfg = validate_train(from_dict(TrainConfig, {**dict(point), "seed": seed}, base=base))
+            cfg = validated(from_dict(TrainConfig, {**dict(point), "seed": seed}, base=base))
             runs.append({"point": point, "seed": seed, "cfg": cfg, "name": run_name(point, seed)})
     return runs
 
@@ -199,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--root {str(root)!r} is not writable: {exc.strerror}") from None
 
     import ray
+
     from agents.distributed import connect, sweep_run
 
     owns_ray = connect(args.ray_address)

@@ -12,8 +12,24 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from rl.config import (DEFAULT_PRESET, ArgumentParser, ConfigError, TrainConfig, add_config_flags, base_config,
-                       from_dict, overrides_from_args, preset_names, resumable_keys, run_cli, validate_train)
+from rl.cli import (
+    ArgumentParser,
+    add_config_flags,
+    add_distributed_flags,
+    check_distributed_flags,
+    overrides_from_args,
+    run_cli,
+)
+from rl.config import (
+    DEFAULT_PRESET,
+    ConfigError,
+    TrainConfig,
+    base_config,
+    from_dict,
+    preset_names,
+    resumable_keys,
+)
+
 
 def shown_config(argv: Sequence[str] | None) -> tuple[TrainConfig, str]:
     """The config ``--help`` describes: the named (or default) preset under any --config file."""
@@ -46,26 +62,9 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
     return parser
 
 
-def add_distributed_flags(parser: ArgumentParser, actors_help: str) -> None:
-    """--actors N and --ray-address, shared by rl-train and rl-bench."""
-    parser.add_argument("--actors", type=int, metavar="N", help=actors_help)
-    parser.add_argument("--ray-address", metavar="ADDRESS", help="with --actors: join this Ray cluster ('auto': the one "
-                        "'ray start' runs on this node); default: start Ray here with this machine's cores")
-
-
-def check_distributed_flags(args) -> None:
-    """Refuse bad --actors / --ray-address values, and --actors without Ray installed, before any work."""
-    import importlib.util
-    if args.actors is not None and args.actors < 1:
-        raise ConfigError(f"--actors {args.actors} is not allowed: must be >= 1")
-    if args.ray_address is not None and args.actors is None:
-        raise ConfigError("--ray-address needs --actors N")
-    if args.actors is not None and importlib.util.find_spec("ray") is None:
-        raise ConfigError("--actors needs Ray, which is not installed: pip install -e '.[distributed]'")
-
-
 def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
     """defaults <- preset <- --config file <- flags, validated; or the saved config of --resume."""
+    from agents.build import validated
     overrides = overrides_from_args(args, TrainConfig)
     if args.resume is not None:
         from agents.runner import load_run_config
@@ -77,9 +76,9 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
         if fixed:
             raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; "
                               f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(resumable))}")
-        return validate_train(from_dict(TrainConfig, overrides, base=cfg)), None, args.resume
+        return validated(from_dict(TrainConfig, overrides, base=cfg)), None, args.resume
     cfg, preset = base_config(args.preset, args.config)
-    cfg = validate_train(from_dict(TrainConfig, overrides, base=cfg))
+    cfg = validated(from_dict(TrainConfig, overrides, base=cfg))
     name = preset if args.config is None else f"{preset}+{Path(args.config).stem}"
     run_dir = args.run_dir or Path("runs") / f"{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, preset, run_dir
@@ -88,6 +87,7 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
 def distributed_trainer(args, cfg: TrainConfig):
     """--actors N: check the layout, connect to Ray (imported only on this path) and return the trainer class."""
     import functools
+
     from agents.distributed import DistributedTrainer, check_config, connect
     check_config(cfg, args.actors)
     return functools.partial(DistributedTrainer, actors=args.actors, owns_ray=connect(args.ray_address))

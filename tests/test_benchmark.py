@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from agents.dqn import DQNAgent, resolve_precision
-from rl.config import TrainConfig, from_dict, load_preset, run_cli
+from rl.cli import run_cli
+from rl.config import TrainConfig, from_dict, load_preset
 from scripts import benchmark
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import run_cli
+from rl.cli import run_cli
 from scripts import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]

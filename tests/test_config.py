@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from rl.config import (ConfigError, TrainConfig, base_config, dumps_toml, field_specs, from_dict, resumable_keys,
-                       run_cli, validate_train)
+from rl.cli import run_cli
+from rl.config import (
+    ConfigError,
+    TrainConfig,
+    base_config,
+    dumps_toml,
+    field_specs,
+    from_dict,
+    resumable_keys,
+    validate_train,
+)
 from scripts import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]

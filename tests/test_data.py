@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from rl.data import (IDX_TYPES, DataError, builtin, builtin_names, features, load_dataset, load_idx_folder,
-                     load_npz, read_idx, split)
+from rl.data import (
+    IDX_TYPES,
+    DataError,
+    builtin,
+    builtin_names,
+    features,
+    load_dataset,
+    load_idx_folder,
+    load_npz,
+    read_idx,
+    split,
+)
 
 CODES = {np.dtype(t).newbyteorder("=").str: code for code, t in IDX_TYPES.items()}
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from rl import checkpoint as ckpt
-from rl.config import TrainConfig, from_dict, load_preset, run_cli, validate_train
+from rl.cli import run_cli
+from rl.config import TrainConfig, from_dict, load_preset, validate_train
 from scripts import sweep as sweep_cli
 from scripts import train as train_cli
 
@@ -108,6 +109,7 @@ def test_bench_rejects_bad_distributed_flags_before_measuring(argv, names, capsy
 
 def test_actors_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     import importlib.util
+
     from scripts import benchmark
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
@@ -366,6 +368,7 @@ def test_distributed_cartpole_learns_to_the_solved_line(distributed, ray_cluster
     time. best.pt rather than latest.pt: DQN on CartPole can collapse after solving it (a run scored 500 at
     50k steps and 103 at 100k)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from scripts import evaluate as evaluate_cli
 
     cfg = cartpole(eval_every=10_000, eval_episodes=10, target_return=300.0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rl import checkpoint as ckpt
-from rl.config import run_cli
+from rl.cli import run_cli
 from scripts import evaluate as evaluate_cli
 from scripts import export as export_cli
 from scripts import train as train_cli

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rl import curves
-from rl.config import run_cli
+from rl.cli import run_cli
 from scripts import runs as runs_cli
 
 pytest.importorskip("matplotlib")

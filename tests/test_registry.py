@@ -16,8 +16,19 @@ from torch import nn
 
 from agents.supervised import mlp
 from rl.data import builtin, features
-from rl.registry import (LOSSES, OPTIMIZERS, RegistryError, describe, get_loss, get_optimizer, loss_names,
-                         make_loss, make_optimizer, optimizer_kwargs, optimizer_names)
+from rl.registry import (
+    LOSSES,
+    OPTIMIZERS,
+    RegistryError,
+    describe,
+    get_loss,
+    get_optimizer,
+    loss_names,
+    make_loss,
+    make_optimizer,
+    optimizer_kwargs,
+    optimizer_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from agents import runner
 from rl import checkpoint as ckpt
-from rl.config import ConfigError, TrainConfig, from_dict, run_cli, validate_train
+from rl.cli import run_cli
+from rl.config import ConfigError, TrainConfig, from_dict, validate_train
 from scripts import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]

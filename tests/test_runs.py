@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import run_cli
+from rl.cli import run_cli
 from rl.logging import read_evaluations
 from scripts import runs as runs_cli
 from scripts import train as train_cli

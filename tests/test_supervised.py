@@ -16,10 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.supervised import (SmallCNN, Standardize, SupervisedConfig, SupervisedTrainer, clone_payload, make_classifier,
-                               teacher_network)
+from agents.supervised import (
+    SmallCNN,
+    Standardize,
+    SupervisedConfig,
+    SupervisedTrainer,
+    clone_payload,
+    make_classifier,
+    teacher_network,
+)
 from rl import checkpoint as ckpt
-from rl.config import TrainConfig, run_cli
+from rl.cli import run_cli
+from rl.config import TrainConfig
 from rl.data import builtin, features, split
 from rl.registry import loss_names, optimizer_names
 from scripts import supervised

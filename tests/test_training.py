@@ -13,7 +13,8 @@ from agents.dqn import DQNAgent
 from agents.evaluation import evaluate
 from envs import make_env
 from rl import checkpoint as ckpt
-from rl.config import TrainConfig, from_dict, load_preset, run_cli
+from rl.cli import run_cli
+from rl.config import TrainConfig, from_dict, load_preset
 from scripts import evaluate as evaluate_cli
 from scripts import train as train_cli
 
@@ -175,8 +176,8 @@ def test_overlap_adds_no_policy_lag(tmp_path):
 
 def test_compiled_encoder_takes_the_same_updates_and_checkpoints(monkeypatch):
     """compile = true is a speed switch only: same updates (to float tolerance), same state_dict keys."""
-    from tests.fakes import random_batch
     from rl.config import ConfigError, validate_train
+    from tests.fakes import random_batch
 
     cfg = TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32, 32], num_envs=1, device="cpu")
     rng = np.random.default_rng(0)

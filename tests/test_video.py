@@ -18,7 +18,7 @@ from envs.atari import AtariEnv
 from envs.control import ControlEnv
 from envs.video import AtariCamera, ControlCamera, FilmedEnv, gif_delay_ms
 from rl import checkpoint as ckpt
-from rl.config import run_cli
+from rl.cli import run_cli
 from scripts import evaluate as evaluate_cli
 from scripts import train as train_cli
 
