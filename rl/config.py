@@ -54,8 +54,8 @@ class TrainConfig:
     """
 
     # environment
-    env: str = setting("breakout", "environment: an ALE game (snake_case) or a control task "
-                                   "(checked by envs.check_config)")
+    env: str = setting("breakout", "environment: an ALE game in snake_case (breakout, pong, ...) or a control "
+                                   "task (cartpole, acrobot, mountain_car)")
     num_envs: int = setting(8, "parallel environments", low=1, high=1024)
     env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, resumable=True)
     sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
@@ -327,3 +327,21 @@ def dumps_toml(data: Mapping[str, Any]) -> str:
     """A config as a TOML document, written by tomli-w (any string, any key)."""
     import tomli_w
     return tomli_w.dumps(dict(data))
+
+
+# --- documentation ----------------------------------------------------------------------------
+
+def settings_table(shown: TrainConfig | None = None) -> str:
+    """Every TrainConfig key as a Markdown table: key, value in ``shown`` (the default preset's by default),
+    whether ``--resume`` may change it, and its help. The README's table is this text (a test checks)."""
+    shown = shown if shown is not None else base_config(None, None)[0]
+    rows = ["| key | breakout | resumable | meaning |", "| --- | --- | --- | --- |"]
+    for f in fields(TrainConfig):
+        value = format_value(getattr(shown, f.name))
+        rows.append(f"| `{f.name}` | `{value}` | {'yes' if f.metadata.get('resumable') else ''} | "
+                    f"{f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":        # python -m rl.config: the README's settings table
+    print(settings_table(), end="")

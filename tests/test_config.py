@@ -92,3 +92,10 @@ def test_double_dqn_without_a_target_is_refused_as_a_no_op():
     with pytest.raises(ConfigError, match="double = true is not allowed with target = 'none'"):
         validate_train(cfg)
     validate_train(dataclasses.replace(cfg, double=False))
+
+
+def test_readme_settings_table_is_the_declarations():
+    from rl.config import settings_table
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- settings-table: begin -->\n")[1].split("<!-- settings-table: end -->")[0]
+    assert block == settings_table(), "README's table is stale: paste the output of python -m rl.config"
