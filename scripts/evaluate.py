@@ -5,13 +5,12 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from rl.config import ArgumentParser, ConfigError, run_cli
+from rl.config import EVALUATE_ENVS, EVALUATE_SEED, ArgumentParser, ConfigError, run_cli
 
 
 def build_parser() -> ArgumentParser:
@@ -20,8 +19,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--episodes", type=int, default=30, help="full games to play (default: 30)")
     parser.add_argument("--epsilon", type=float, default=None, help="exploration during evaluation (default: the "
                         "run's eval_epsilon: 0.05, the Nature protocol; 0.001 in breakout-100k, DrQ(epsilon)'s)")
-    parser.add_argument("--seed", type=int, default=12345, help="evaluation seed, distinct from training (default: 12345)")
-    parser.add_argument("--num-envs", type=int, default=None, help="parallel games (default: min(episodes, 8))")
+    parser.add_argument("--seed", type=int, default=EVALUATE_SEED,
+                        help=f"evaluation seed, distinct from training (default: {EVALUATE_SEED})")
+    parser.add_argument("--num-envs", type=int, default=None,
+                        help=f"parallel games (default: min(episodes, {EVALUATE_ENVS}))")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--video", type=Path, metavar="PATH", help="also write the games, full-size RGB, one after "
@@ -50,20 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--video-episodes {args.video_episodes} is not allowed: "
                               f"must be between 1 and --episodes ({args.episodes})")
 
-    from agents.dqn import DQNAgent, resolve_device
-    from agents.evaluation import play, protocol_line, score_line
+    from agents.dqn import resolve_device
+    from agents.evaluation import play, protocol_line, saved_player, score_line
     from envs import is_atari
-    from rl import checkpoint as ckpt
-    from rl.config import TrainConfig, from_dict
+    from rl.checkpoint import CheckpointError
     from rl.logging import Progress
 
     device = resolve_device(args.device)
     try:
-        payload = ckpt.load(args.checkpoint, map_location=device)
-        cfg = from_dict(TrainConfig, payload["config"])
-        if args.online:
-            cfg = dataclasses.replace(cfg, eval_ema=0.0)
-    except ckpt.CheckpointError as exc:
+        cfg, saved_agent = saved_player(args.checkpoint, device, online=args.online)
+    except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
     if cfg.torch_threads:
         import torch
@@ -77,19 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"--video {str(args.video)!r}: cannot create its directory: {exc.strerror}") from None
 
-    def saved_agent(env):
-        agent = DQNAgent(cfg, env.obs_shape, env.num_actions, device)
-        saved = payload["agent"]
-        agent.load_state_dict({"q": saved["q"], "target": saved["q"], "average": saved.get("average", saved["q"])})
-        return agent
-
     epsilon = cfg.eval_epsilon if args.epsilon is None else args.epsilon
     # At epsilon 0.001 a game can run to the 108,000-frame cap: the bar shows the games done and their mean.
     progress = Progress(args.episodes, window=args.episodes, unit="game", unit_scale=False,
                         disable=args.no_progress or None)
     try:
         results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
-                       num_envs=args.num_envs or 8, video=args.video, video_episodes=args.video_episodes,
+                       num_envs=args.num_envs or EVALUATE_ENVS, video=args.video, video_episodes=args.video_episodes,
                        on_game=lambda score, length: progress.update(1, [score]))
     finally:
         progress.close()
