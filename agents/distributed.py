@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from agents.build import make_replay, replay_spec
 from agents.dqn import DQNAgent, resolve_device
+from agents.evaluation import evaluate_checkpoint
 from agents.policy import load_training_checkpoint
 from agents.runner import (
     RunDirError,
@@ -54,7 +55,7 @@ from agents.runner import (
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig
-from rl.logging import Logger, Progress, RateMeter, read_evaluations
+from rl.logging import Logger, Progress, RateMeter
 from rl.replay import TERMINATED, TRUNCATED, Batch, ReplayBuffer
 from rl.schedules import LinearSchedule
 
@@ -684,10 +685,14 @@ class DistributedTrainer(Trainer):
 
 # --- sweeps: one single-process run per Ray task ----------------------------------------------------
 
+SWEEP_CHECKPOINTS = ("latest", "best")     # what rl-sweep scores in each run: the last network and the best one
+
+
 def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, threads: int) -> dict[str, Any]:
-    """Train one grid point in this (Ray worker) process with the single-process Trainer, then score the
-    final network with rl-evaluate's protocol (the run's own evaluation at the last step when eval_every
-    already made one). Returns plain data for rl-sweep's table; a failed run is reported, not raised."""
+    """Train one grid point in this (Ray worker) process with the single-process Trainer, then score its
+    ``latest.pt`` and ``best.pt`` (the latter only where periodic evaluations wrote one) from disk, as
+    ``rl-evaluate FILE --episodes <eval_episodes>`` would. A stopped run is not scored: its network is
+    partway. Returns plain data for rl-sweep's table; a failed run is reported, not raised."""
     torch.set_num_threads(cfg.torch_threads or max(1, threads))
     run_dir_ = Path(run_dir)
     result: dict[str, Any] = {"name": name, "seed": cfg.seed, "run_dir": run_dir, "host": socket.gethostname()}
@@ -697,17 +702,17 @@ def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, thr
         try:
             result["status"] = trainer.train()
             result["step"] = trainer.step
-            final = next((r for r in read_evaluations(run_dir_) if r["step"] == trainer.step), None)
-            if final is None:
-                logger = Logger(run_dir_)
-                try:
-                    final = trainer.evaluate(logger)
-                finally:
-                    logger.close()
         finally:
             trainer.close()
-        result["eval"] = {k: final[k] for k in ("mean", "std", "episodes")}
-        result["eval"]["epsilon"] = final["protocol"]["epsilon"]
-    except (TrainingDiverged, RunDirError, ConfigError) as exc:
+        if result["status"] == "stopped":
+            return result
+        files = {"latest": trainer.checkpoints.latest, "best": trainer.checkpoints.best}
+        result["eval"] = {}
+        for which in SWEEP_CHECKPOINTS:
+            if files[which].exists():
+                scored = evaluate_checkpoint(files[which], trainer.device)
+                result["eval"][which] = {"mean": scored["mean"], "std": scored["std"], "episodes": scored["episodes"],
+                                         "epsilon": scored["protocol"]["epsilon"], "seed": scored["protocol"]["seed"]}
+    except (TrainingDiverged, RunDirError, ConfigError, ckpt.CheckpointError) as exc:
         result.update(status="failed", error=str(exc))
     return result

@@ -2,7 +2,8 @@
 
 Episodes are split evenly across the vector envs *before* playing (env e plays a fixed quota), so
 short games do not crowd out long ones and the mean is unbiased. rl-evaluate and the periodic
-evaluation during training both go through :func:`play`, so the two cannot drift apart.
+evaluation during training both go through :func:`play`, so the two cannot drift apart; rl-evaluate and
+rl-sweep both rebuild a saved agent with :func:`saved_player`.
 """
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
-from agents.dqn import weights_played
+from agents.dqn import DQNAgent, weights_played
+from agents.policy import load_policy
 from envs.base import VecEnv
+from rl.config import EVALUATE_ENVS, EVALUATE_SEED, TrainConfig
 
 
 def quotas(episodes: int, num_envs: int) -> list[int]:
@@ -101,6 +105,22 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
             frames = recorder.save()
             results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}
     return results
+
+
+def saved_player(path: str | Path, device: torch.device, *, online: bool = False
+                 ) -> tuple[TrainConfig, Callable[[VecEnv], DQNAgent]]:
+    """The run's config and an agent factory for :func:`play`, from a checkpoint or policy file alone. The agent
+    plays the run's weight average where it kept one, unless ``online``. Raises ``CheckpointError`` naming the file."""
+    policy = load_policy(Path(path), device, online)
+    return policy.cfg, lambda env: policy.agent(env.obs_shape, env.num_actions, device)
+
+
+def evaluate_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
+    """Score a checkpoint file exactly as ``rl-evaluate PATH --episodes <eval_episodes>`` does: the run's
+    ``eval_episodes`` full games at its ``eval_epsilon``, seed EVALUATE_SEED, up to EVALUATE_ENVS at once."""
+    cfg, agent_for = saved_player(path, device)
+    return play(agent_for, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon, seed=EVALUATE_SEED,
+                num_envs=EVALUATE_ENVS)
 
 
 def protocol_line(results: dict[str, Any]) -> str:

@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """Bad user input; the message is one line naming the value and what is allowed."""
 
 
+EVALUATE_SEED = 12345        # rl-evaluate's default --seed; rl-sweep scores checkpoints with it too
+EVALUATE_ENVS = 8            # rl-evaluate's default --num-envs (fewer when fewer games are played)
+
+
 def setting(default, help: str, *, low=None, high=None, low_open=False, choices=None, factory=None,
             resumable: bool = False):
     """A config field: ``help`` becomes ``--help`` text; ``low``/``high`` bound numbers (inclusive

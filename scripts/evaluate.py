@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rl.cli import ArgumentParser, run_cli
-from rl.config import ConfigError
+from rl.config import EVALUATE_ENVS, EVALUATE_SEED, ConfigError
 
 
 def build_parser() -> ArgumentParser:
@@ -23,8 +23,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--episodes", type=int, default=30, help="full games to play (default: 30)")
     parser.add_argument("--epsilon", type=float, default=None, help="exploration during evaluation (default: the "
                         "run's eval_epsilon: 0.05, the Nature protocol; 0.001 in breakout-100k, DrQ(epsilon)'s)")
-    parser.add_argument("--seed", type=int, default=12345, help="evaluation seed, distinct from training (default: 12345)")
-    parser.add_argument("--num-envs", type=int, default=None, help="parallel games (default: min(episodes, 8))")
+    parser.add_argument("--seed", type=int, default=EVALUATE_SEED,
+                        help=f"evaluation seed, distinct from training (default: {EVALUATE_SEED})")
+    parser.add_argument("--num-envs", type=int, default=None,
+                        help=f"parallel games (default: min(episodes, {EVALUATE_ENVS}))")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--video", type=Path, metavar="PATH", help="also write the games, full-size RGB, one after "
@@ -55,18 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"must be between 1 and --episodes ({args.episodes})")
 
     from agents.dqn import resolve_device
-    from agents.evaluation import play, protocol_line, score_line
-    from agents.policy import load_policy
+    from agents.evaluation import play, protocol_line, saved_player, score_line
     from envs import is_atari
     from rl.checkpoint import CheckpointError
     from rl.logging import Progress
 
     device = resolve_device(args.device)
     try:
-        policy = load_policy(args.checkpoint, device, online=args.online)
+        cfg, saved_agent = saved_player(args.checkpoint, device, online=args.online)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    cfg = policy.cfg
     if cfg.torch_threads:
         import torch
         torch.set_num_threads(cfg.torch_threads)           # small nets: more threads only contend
@@ -84,9 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(args.episodes, window=args.episodes, unit="game", unit_scale=False,
                         disable=args.no_progress or None)
     try:
-        results = play(lambda env: policy.agent(env.obs_shape, env.num_actions, device), cfg,
-                       episodes=args.episodes, epsilon=epsilon, seed=args.seed, num_envs=args.num_envs or 8,
-                       video=args.video, video_episodes=args.video_episodes,
+        results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
+                       num_envs=args.num_envs or EVALUATE_ENVS, video=args.video, video_episodes=args.video_episodes,
                        on_game=lambda score, length: progress.update(1, [score]))
     finally:
         progress.close()

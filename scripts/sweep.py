@@ -1,16 +1,18 @@
-"""rl-sweep: a grid of training runs as Ray tasks, and a table of their final evaluation scores.
+"""rl-sweep: a grid of training runs as Ray tasks, and how robust each setting's scores are over seeds.
 
-    rl-sweep --preset cartpole --seeds 0..4
+    rl-sweep --preset cartpole --seeds 0..9                  # one preset, ten seeds: the robustness benchmark
     rl-sweep --preset cartpole --seeds 0..2 --set learning_rate=1e-3,5e-4 --set double=true,false
     rl-sweep --preset breakout --seeds 0..4 --ray-address auto --root /shared/runs/sweep1
 
 The grid is every combination of the ``--set`` values, times every seed. Each point is one
 single-process rl-train run in its own directory ``ROOT/<key=value,...>-s<seed>`` (so
-``tensorboard --logdir ROOT`` shows them all, and ``rl-runs ROOT`` lists them), scored at the end
-with rl-evaluate's protocol (eval_episodes full games, eval_epsilon, the run's evaluation seed).
-The table gives, per setting, the mean ± std over seeds of the runs' final mean returns (std with
-ddof 0, as rl-evaluate reports it); ``ROOT/summary.json`` holds the same. ``--set key=value`` with
-one value is a plain override. On a cluster, ROOT must be on a filesystem every node sees.
+``tensorboard --logdir ROOT`` shows them all, and ``rl-runs ROOT`` lists them). At its end each run's
+``checkpoints/latest.pt`` and ``checkpoints/best.pt`` (where periodic evaluations wrote one) are scored
+as ``rl-evaluate FILE --episodes <eval_episodes>`` scores them: eval_episodes full games at eval_epsilon,
+rl-evaluate's seed. The table gives, per setting and checkpoint, over seeds: the IQM with a 95%
+stratified bootstrap CI, the mean ± sample std (ddof 1) and the worst seed (rl.stats, with rliable);
+``ROOT/summary.json`` holds the same. ``--set key=value`` with one value is a plain override. On a
+cluster, ROOT must be on a filesystem every node sees.
 
 Exit codes: 0 every run finished, 1 a run failed or the sweep was stopped (Ctrl-C), 2 bad input.
 """
@@ -26,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
+from rl import stats
 from rl.cli import ArgumentParser, parse_cli_value, run_cli
 from rl.config import (
+    EVALUATE_SEED,
     ConfigError,
     TrainConfig,
     base_config,
@@ -38,13 +40,15 @@ from rl.config import (
     preset_names,
 )
 
-EVAL_SEED_OFFSET = 10_000    # agents.runner's: a run's evaluation games never share its training seeds
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
+CHECKPOINTS = ("latest", "best")     # the files scored in each run (agents.distributed.sweep_run), in table order
+BOOTSTRAP_SEED = 0           # fixed, so the same scores always print the same CI
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="rl-sweep", description="Run a grid of configs x seeds as Ray tasks; print the "
-                                                         "final evaluation scores, mean ± std over seeds.")
+    parser = ArgumentParser(prog="rl-sweep", description="Run a grid of configs x seeds as Ray tasks; score each run's "
+                            "latest.pt and best.pt as rl-evaluate does; print per setting the IQM with a 95%% "
+                            "bootstrap CI, mean ± std and the worst seed.")
     parser.add_argument("--preset", default=None,
                         help=f"named settings: {', '.join(preset_names())} (default: breakout)")
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys, applied over the preset")
@@ -58,6 +62,9 @@ def build_parser() -> ArgumentParser:
                         "runs on this node); default: start Ray here with this machine's cores")
     parser.add_argument("--cpus-per-run", type=float, default=1.0, metavar="CPUS",
                         help="cores Ray reserves for each run; runs go in parallel as cores allow (default: 1)")
+    parser.add_argument("--bootstrap-reps", type=int, default=stats.BOOTSTRAP_REPS, metavar="N",
+                        help=f"bootstrap resamples for each IQM's 95%% CI "
+                             f"(default: {stats.BOOTSTRAP_REPS:,}, rliable's)")
     return parser
 
 
@@ -155,39 +162,77 @@ def build_grid(base: TrainConfig, axes, seeds) -> list[dict[str, Any]]:
     return runs
 
 
-def summarize(runs: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def summary_rows(runs: list[dict[str, Any]], results: dict[str, dict[str, Any]], reps: int) -> list[dict[str, Any]]:
+    """One row per setting: each seed's score per checkpoint (None where there is none) and, per checkpoint,
+    rl.stats.summarize over the seeds that have a score, plus which seed was worst."""
     rows: dict[str, dict[str, Any]] = {}
     for run in runs:
         setting = label(run["point"])
         row = rows.setdefault(setting, {"setting": setting, "point": dict(run["point"]), "runs": []})
         result = results.get(run["name"], {"status": "not run"})
+        scores = result.get("eval", {})
         row["runs"].append({"seed": run["seed"], "status": result["status"], "run_dir": result.get("run_dir"),
-                            "eval_mean": result.get("eval", {}).get("mean"), "error": result.get("error")})
+                            **{which: scores[which]["mean"] if which in scores else None for which in CHECKPOINTS},
+                            "error": result.get("error")})
     for row in rows.values():
-        scores = [r["eval_mean"] for r in row["runs"] if r["eval_mean"] is not None]
-        row["mean"] = float(np.mean(scores)) if scores else None
-        row["std"] = float(np.std(scores)) if scores else None
-        row["seeds_scored"] = len(scores)
+        for which in CHECKPOINTS:
+            scored = [r for r in row["runs"] if r[which] is not None]
+            summary = stats.summarize([r[which] for r in scored], reps=reps, seed=BOOTSTRAP_SEED) if scored else None
+            if summary is not None:
+                summary["worst_seed"] = scored[summary.pop("worst_index")]["seed"]
+            row[which] = summary
     return list(rows.values())
 
 
+TABLE_HEADER = ("setting", "checkpoint", "seeds", "IQM [95% CI]", "mean ± std (ddof 1)", "worst (seed)", "per seed")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("setting", "seeds", "final return (mean ± std over seeds)", "per seed")
+    """Two lines per setting, latest.pt then best.pt; a seed without a score shows why (its status, or
+    ``none`` for a finished run that wrote no best.pt)."""
     lines = []
     for row in rows:
-        score = f"{row['mean']:.2f} ± {row['std']:.2f}" if row["mean"] is not None else "-"
-        per_seed = "  ".join(f"s{r['seed']} " + (f"{r['eval_mean']:.1f}" if r["eval_mean"] is not None else r["status"])
-                             for r in row["runs"])
-        lines.append((row["setting"], f"{row['seeds_scored']}/{len(row['runs'])}", score, per_seed))
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+        for which in CHECKPOINTS:
+            s = row[which]
+            per_seed = "  ".join(
+                f"s{r['seed']} " + (f"{r[which]:.2f}" if r[which] is not None
+                                    else "none" if r["status"] in ("finished", "solved") else r["status"])
+                for r in row["runs"])
+            counted = f"{s['n'] if s else 0}/{len(row['runs'])}"
+            if s is None:
+                lines.append((row["setting"], f"{which}.pt", counted, "-", "-", "-", per_seed))
+                continue
+            iqm = f"{s['iqm']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+            std = f"{s['std']:.2f}" if s["std"] is not None else "-"
+            lines.append((row["setting"], f"{which}.pt", counted, iqm, f"{s['mean']:.2f} ± {std}",
+                          f"{s['worst']:.2f} (s{s['worst_seed']})", per_seed))
+    widths = [max(len(str(x)) for x in col) for col in zip(TABLE_HEADER, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    return "\n".join([fmt(TABLE_HEADER), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def protocol_lines(runs: list[dict[str, Any]], reps: int) -> list[str]:
+    """What the scores and the statistics are, so the table is never read without them."""
+    protocols = {(r["cfg"].eval_episodes, r["cfg"].eval_epsilon) for r in runs}
+    if len(protocols) == 1:
+        (episodes, epsilon), = protocols
+        games = f"{episodes} full games at epsilon {epsilon}"
+        command = f"rl-evaluate FILE --episodes {episodes}"
+    else:
+        games = "each setting's eval_episodes full games at its eval_epsilon"
+        command = "rl-evaluate FILE --episodes <eval_episodes>"
+    return [f"scores: each run's checkpoints/latest.pt (the last network) and best.pt (its best periodic evaluation; "
+            f"none with eval_every = 0), {games}, seed {EVALUATE_SEED}: what `{command}` prints",
+            f"over seeds: IQM = 25% trimmed mean (rliable) with a 95% stratified bootstrap CI ({reps:,} resamples, "
+            f"seed {BOOTSTRAP_SEED}); std = sample std (ddof 1); worst = the lowest seed's score"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.cpus_per_run > 0:
         raise ConfigError(f"--cpus-per-run {args.cpus_per_run} is not allowed: must be > 0")
+    if args.bootstrap_reps < 1:
+        raise ConfigError(f"--bootstrap-reps {args.bootstrap_reps} is not allowed: must be >= 1")
     seeds = parse_seeds(args.seeds)
     base, preset = base_config(args.preset, args.config)
     axes = parse_axes(args.set, base)
@@ -201,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--root {str(root)!r} already holds run {taken[0]!r}; choose another --root")
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("rl-sweep needs Ray, which is not installed: pip install -e '.[distributed]'")
+    try:
+        stats.require()
+    except stats.RliableMissing as exc:
+        raise ConfigError(f"rl-sweep's {exc}") from None
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -227,10 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for ref in done:
                     name = pending.pop(ref)
                     results[name] = _result(ray, ref, name)
-                    ev = results[name].get("eval")
+                    scored = results[name].get("eval", {})
                     print(f"rl-sweep: [{len(results)}/{len(runs)}] {name}: {results[name]['status']}"
-                          + (f", final return {ev['mean']:.2f}" if ev else f" ({results[name].get('error', '')})"),
-                          file=sys.stderr)
+                          + "".join(f", {which}.pt {v['mean']:.2f}" for which, v in scored.items())
+                          + (f" ({results[name]['error']})" if results[name].get("error") else ""), file=sys.stderr)
         except KeyboardInterrupt:
             # Ray's cancel interrupts each running task as Ctrl-C would: its Trainer checkpoints and stops
             stopped = True
@@ -245,17 +294,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if owns_ray:
             ray.shutdown()
 
-    rows = summarize(runs, results)
+    rows = summary_rows(runs, results, args.bootstrap_reps)
     cfg0 = runs[0]["cfg"]
     if fixed:
         print("fixed: " + label(tuple(fixed.items())))
-    print(f"final evaluation: {cfg0.eval_episodes} full games per run, epsilon {cfg0.eval_epsilon}, "
-          f"seed = run seed + {EVAL_SEED_OFFSET} (rl-evaluate's protocol)")
+    print("\n".join(protocol_lines(runs, args.bootstrap_reps)))
     print(format_table(rows))
     summary = {"preset": preset, "config": args.config, "root": str(root), "seeds": seeds,
                "axes": {k: v for k, v in axes}, "fixed": fixed, "stopped": stopped,
                "protocol": {"eval_episodes": cfg0.eval_episodes, "eval_epsilon": cfg0.eval_epsilon,
+                            "eval_seed": EVALUATE_SEED, "checkpoints": list(CHECKPOINTS),
                             "base": dataclasses.asdict(cfg0) | {"seed": None}},
+               "statistics": {"iqm": "25% trimmed mean (rliable)",
+                              "ci": f"{stats.CONFIDENCE:.0%} stratified bootstrap, percentile",
+                              "bootstrap_reps": args.bootstrap_reps, "bootstrap_seed": BOOTSTRAP_SEED,
+                              "std": "sample std, ddof 1"},
                "rows": rows}
     try:
         (root / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,12 +1,16 @@
 """Runs survive interruption, crashes mid-save, corrupt or malicious files, NaNs and bad input."""
 from __future__ import annotations
 
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -131,6 +135,95 @@ def test_damaged_checkpoint_is_named_in_the_error(damage, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match=str(path)):
         ckpt.load(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A real CartPole run of 1,000 steps: latest.pt and the replay beside it, as rl-train writes them."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    argv = ["--preset", "cartpole", "--total-steps", "1000", "--learning-starts", "200", "--eval-every", "0",
+            "--torch-threads", "1", "--no-progress", "--run-dir", str(run_dir)]
+    assert run_cli(train_cli.main, argv) == 0
+    return run_dir
+
+
+def flip_one_bit_in_a_weight(path: Path) -> None:
+    """Flip one bit in the middle of the Q-network's first weight matrix where the zip stores its bytes
+    (a data record), leaving the archive's structure whole."""
+    q = torch.load(path, weights_only=True)["agent"]["q"]
+    stored = next(v for k, v in q.items() if k.endswith("weight")).numpy().tobytes()
+    with zipfile.ZipFile(path) as zf:
+        record = next(i for i in zf.infolist() if "/data/" in i.filename and zf.read(i) == stored)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[record.header_offset + 26:record.header_offset + 30])
+    start = record.header_offset + 30 + name_len + extra_len       # after the record's local header
+    assert data[start:start + len(stored)] == stored
+    data[start + len(stored) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def tensors(value, prefix=""):
+    """Every tensor in a payload by its path."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from tensors(v, f"{prefix}/{k}")
+
+
+def test_one_flipped_bit_in_a_weight_is_refused_and_the_file_kept(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    intact = torch.load(latest, weights_only=True)
+    flip_one_bit_in_a_weight(latest)
+    # the archive still opens and differs in exactly one element of one weight: the flip is inside tensor data
+    damaged = dict(tensors(torch.load(latest, weights_only=True)))
+    changed = {k: int((v != damaged[k]).sum()) for k, v in tensors(intact) if not torch.equal(v, damaged[k])}
+    assert len(changed) == 1 and list(changed.values()) == [1] and next(iter(changed)).endswith("weight"), changed
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    for argv in (["scripts.evaluate", str(latest)], ["scripts.train", "--resume", str(run_dir), "--no-progress"]):
+        proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr
+        assert len(err) == 1 and str(latest) in err[0] and "checksum" in err[0], err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files      # nothing rewritten
+
+
+def test_intact_checkpoint_loads_without_a_note(tiny_run, capsys):
+    payload = ckpt.load(tiny_run / "checkpoints" / "latest.pt")
+    assert ckpt.CHECKSUM_KEY not in payload and "q" in payload["agent"]
+    assert capsys.readouterr().err == ""
+
+
+def test_checkpoint_from_before_checksums_loads_with_one_note(tiny_run, tmp_path, capsys):
+    old = tmp_path / "old.pt"
+    payload = torch.load(tiny_run / "checkpoints" / "latest.pt", weights_only=True)
+    del payload[ckpt.CHECKSUM_KEY]
+    torch.save(payload, old)
+    from scripts import evaluate
+    assert run_cli(evaluate.main, [str(old), "--episodes", "1", "--no-progress"]) == 0
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(tensors(ckpt.load(old)), tensors(payload)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(old) in err[0] and "no checksum" in err[0], err
+
+
+def test_replay_files_are_checked_against_their_checksums(tmp_path, capsys):
+    d = ckpt.CheckpointDir(tmp_path, keep=1)
+    d.save_replay({"frames": np.arange(4096, dtype=np.uint8).reshape(16, 256), "rewards": np.ones(16, np.float32)}, 8)
+    assert set(d.load_replay(8)) == {"frames", "rewards"}
+    frames = d.replay_dir / "frames.npy"
+    data = bytearray(frames.read_bytes())
+    data[-100] ^= 0x01                                            # inside the array, past the .npy header
+    frames.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match=str(frames)):
+        d.load_replay(8)
+    (d.replay_dir / ckpt.REPLAY_CHECKSUMS).unlink()               # a replay saved before checksums
+    assert d.load_replay(8)["frames"][-1, -100] == 156 ^ 0x01
+    d.load_replay(8)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(d.replay_dir) in err[0] and "no checksum" in err[0], err
 
 
 class _Payload:

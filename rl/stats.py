@@ -1,0 +1,67 @@
+"""Scores over seeds: the interquartile mean with a 95% stratified bootstrap CI, mean ± sample std, worst run.
+
+A handful of seeds is too few for a mean alone: one collapsed run drags it, and the spread says nothing about
+where a rerun would land. Following Agarwal et al. 2021 ("Deep RL at the Edge of the Statistical Precipice",
+https://arxiv.org/abs/2108.13264) a report gives the IQM (the mean of the middle half of the runs, robust to
+one outlier, less noisy than the median) with a percentile bootstrap CI, computed by their library rliable
+(the ``stats`` extra), plus the plain mean ± std and the worst run for readers who want those.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+BOOTSTRAP_REPS = 50_000      # rliable's default number of bootstrap resamples
+CONFIDENCE = 0.95
+
+
+class RliableMissing(ImportError):
+    """The ``stats`` extra (rliable) is not installed."""
+
+
+def require() -> None:
+    """Raise RliableMissing, with the command that fixes it, unless rliable can be imported."""
+    if importlib.util.find_spec("rliable") is None:
+        raise RliableMissing("seed statistics need rliable, which is not installed: pip install -e '.[stats]'")
+
+
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """rliable's StratifiedBootstrap draws its resamples from numpy's global RNG (its ``random_state``
+    only reaches arch's generator, which it never uses), so seed that, and put it back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def summarize(scores: Sequence[float], *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Any]:
+    """One score per run (seed) -> ``n``, ``iqm``, ``ci_low``, ``ci_high`` (95% stratified bootstrap CI of
+    the IQM, ``reps`` resamples, reproducible for a given ``seed``), ``mean``, ``std`` (the sample std,
+    ddof 1; None for one run), ``worst`` and ``worst_index`` (the lowest score and its position).
+
+    The IQM is rliable's: scipy's 25% trimmed mean, which drops ``int(n / 4)`` runs at each end. The runs
+    form one task (one game), so stratifying the bootstrap by task is resampling the runs.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"summarize needs one or more finite scores, got {scores!r}")
+    if reps < 1:
+        raise ValueError(f"summarize needs reps >= 1, got {reps}")
+    require()
+    from rliable import library, metrics
+
+    runs_by_tasks = x.reshape(-1, 1)
+    with _global_numpy_seed(seed):
+        point, interval = library.get_interval_estimates(
+            {"runs": runs_by_tasks}, lambda s: np.array([metrics.aggregate_iqm(s)]),
+            reps=reps, confidence_interval_size=CONFIDENCE)
+    low, high = interval["runs"][:, 0]
+    return {"n": int(x.size), "iqm": float(point["runs"][0]), "ci_low": float(low), "ci_high": float(high),
+            "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None,
+            "worst": float(x.min()), "worst_index": int(x.argmin())}
