@@ -137,6 +137,7 @@ def protocol_line(results: dict[str, Any]) -> str:
 
 def score_line(results: dict[str, Any]) -> str:
     hns = results.get("human_normalized")
-    return (f"return: {results['mean']:.2f} ± {results['std']:.2f}  median {results['median']:.1f}  "
+    return (f"return: {results['mean']:.2f} (sd {results['std']:.2f} over {results['episodes']} games)  "
+            f"median {results['median']:.1f}  "
             f"min {results['min']:.1f}  max {results['max']:.1f}"
             + (f"  human-normalized {hns:.3f}" if hns is not None else ""))

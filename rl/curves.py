@@ -46,7 +46,7 @@ class RunCurve:
 
 @dataclass(frozen=True)
 class GroupCurve:
-    """Runs of one setting, at the evaluation steps they all share. One run: its line and its ± std over
+    """Runs of one setting, at the evaluation steps they all share. One run: its line and its sd over
     games. Several: the mean over runs and the min-max band across them."""
 
     label: str
@@ -59,7 +59,7 @@ class GroupCurve:
 
     @property
     def spread(self) -> str:
-        return "± std over games" if len(self.runs) == 1 else "min-max over seeds"
+        return "sd over games" if len(self.runs) == 1 else "min-max over seeds"
 
     @property
     def legend(self) -> str:
@@ -187,6 +187,6 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
-    fig.suptitle("line: mean over seeds; band: min-max over seeds, or ± std over games for a single run")
+    fig.suptitle("line: mean over seeds; band: min-max over seeds, or sd over games for a single run")
     fmt = path.suffix.lstrip(".").lower()
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))

@@ -51,8 +51,8 @@ def test_seeds_of_one_setting_form_one_group_at_their_shared_steps(sweep):
     assert two_seeds.label == "cartpole learning_rate=0.0005"
     assert two_seeds.legend == "cartpole learning_rate=0.0005 (2 seeds; band: min-max over seeds)"
     assert one_seed.step.tolist() == [100, 200] and one_seed.mean.tolist() == [15.0, 40.0]
-    assert one_seed.low.tolist() == [13.5, 37.5] and one_seed.high.tolist() == [16.5, 42.5]  # ± std over games
-    assert one_seed.legend == "cartpole learning_rate=0.001 (1 seed; band: ± std over games)"
+    assert one_seed.low.tolist() == [13.5, 37.5] and one_seed.high.tolist() == [16.5, 42.5]  # sd over games
+    assert one_seed.legend == "cartpole learning_rate=0.001 (1 seed; band: sd over games)"
 
 
 def test_groups_without_a_preset_are_named_by_what_differs(tmp_path):
