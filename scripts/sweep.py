@@ -47,7 +47,7 @@ BOOTSTRAP_SEED = 0           # fixed, so the same scores always print the same C
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="rl-sweep", description="Run a grid of configs x seeds as Ray tasks; score each run's "
-                            "latest.pt and best.pt as rl-evaluate does; print per setting the IQM with a 95%% "
+                            "latest.pt and best.pt as rl-evaluate does; print per setting the IQM with a 95% "
                             "bootstrap CI, mean ± std and the worst seed.")
     parser.add_argument("--preset", default=None,
                         help=f"named settings: {', '.join(preset_names())} (default: breakout)")
