@@ -1,7 +1,8 @@
 """The package's layers hold: every import in every module, function-level ones included, points down.
 
 rl/ (building blocks) imports nothing from envs/, agents/ or scripts/; envs/ nothing from agents/ or
-scripts/; agents/ nothing from scripts/; a script imports no other script.
+scripts/; agents/ nothing from scripts/; rl_dqn/ (the Python API, over agents/) nothing from scripts/; a
+script imports no other script.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"rl": {"envs", "agents", "scripts"}, "envs": {"agents", "scripts"}, "agents": {"scripts"},
-             "scripts": {"scripts"}}
+FORBIDDEN = {"rl": {"envs", "agents", "scripts", "rl_dqn"}, "envs": {"agents", "scripts", "rl_dqn"},
+             "agents": {"scripts", "rl_dqn"}, "rl_dqn": {"scripts"}, "scripts": {"scripts"}}
 
 
 def imported_packages(tree: ast.AST, package: str) -> list[tuple[int, str]]:
