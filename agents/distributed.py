@@ -45,13 +45,7 @@ from agents.build import make_replay, replay_spec
 from agents.dqn import DQNAgent, resolve_device
 from agents.evaluation import evaluate_checkpoint
 from agents.policy import load_training_checkpoint
-from agents.runner import (
-    RunDirError,
-    StopRequested,
-    Trainer,
-    TrainingDiverged,
-    updates_due,
-)
+from agents.runner import RunDirError, StopRequested, Trainer, TrainingDiverged, updates_due
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig

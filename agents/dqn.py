@@ -12,13 +12,7 @@ import torch
 from torch import nn
 
 from rl.config import ConfigError, TrainConfig
-from rl.networks import (
-    frozen_copy,
-    q_network_for,
-    random_shift,
-    sync_target,
-    use_channels_last,
-)
+from rl.networks import frozen_copy, q_network_for, random_shift, sync_target, use_channels_last
 from rl.registry import make_loss, make_optimizer
 from rl.replay import Batch
 from rl.schedules import LinearSchedule

@@ -40,13 +40,7 @@ from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cl
 from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
 from rl.data import BUILTINS, DataError, features, load_dataset, split
 from rl.logging import Logger
-from rl.registry import (
-    RegistryError,
-    describe,
-    get_optimizer,
-    optimizer_kwargs,
-    optimizer_names,
-)
+from rl.registry import RegistryError, describe, get_optimizer, optimizer_kwargs, optimizer_names
 
 PROG = "rl-supervised"
 TRAINING_COMMANDS = {

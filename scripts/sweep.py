@@ -30,15 +30,7 @@ from typing import Any, Sequence
 
 from rl import stats
 from rl.cli import ArgumentParser, parse_cli_value, run_cli
-from rl.config import (
-    EVALUATE_SEED,
-    ConfigError,
-    TrainConfig,
-    base_config,
-    format_value,
-    from_dict,
-    preset_names,
-)
+from rl.config import EVALUATE_SEED, ConfigError, TrainConfig, base_config, format_value, from_dict, preset_names
 
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
 CHECKPOINTS = ("latest", "best")     # the files scored in each run (agents.distributed.sweep_run), in table order

@@ -20,15 +20,7 @@ from rl.cli import (
     overrides_from_args,
     run_cli,
 )
-from rl.config import (
-    DEFAULT_PRESET,
-    ConfigError,
-    TrainConfig,
-    base_config,
-    from_dict,
-    preset_names,
-    resumable_keys,
-)
+from rl.config import DEFAULT_PRESET, ConfigError, TrainConfig, base_config, from_dict, preset_names, resumable_keys
 
 
 def shown_config(argv: Sequence[str] | None) -> tuple[TrainConfig, str]:
