@@ -161,7 +161,7 @@ class DeviceReplayBuffer:
     def gather(self, t: torch.Tensor, env: torch.Tensor, weight: torch.Tensor) -> Batch:
         """The batch for slots ``t`` [B] of streams ``env`` [B] (int64 on the device): stacks, n-step
         returns, discounts, bootstrap obs. Equal, element for element, to ReplayBuffer.gather."""
-        N, B = self.num_envs, len(t)
+        N = self.num_envs
         slot = ((t[:, None] + self._steps) % self.slots) * N + env[:, None]        # [B, n] flat slot ids
         flags = self.flags.view(-1)[slot]
         ended = (flags & (TERMINATED | TRUNCATED)) != 0
