@@ -68,12 +68,15 @@ class DeviceReplayBuffer:
         self.frame_dtype = torch_dtype(spec.obs_dtype)
         action_dtype = torch.uint8 if spec.num_actions <= 256 else torch.int32
         # zeros, not empty: before the first wrap a stack's window reaches into unwritten slots, which must
-        # read as zero frames with no flags, as they do in the numpy replay
-        self.frames = torch.zeros((self.slots, N, *self.frame_shape), dtype=self.frame_dtype, device=dev)
-        self.actions = torch.zeros((self.slots, N), dtype=action_dtype, device=dev)
-        self.rewards = torch.zeros((self.slots, N), dtype=torch.float32, device=dev)
-        self.flags = torch.zeros((self.slots, N), dtype=torch.uint8, device=dev)
-        self.final_row = torch.zeros((self.slots, N), dtype=torch.int64, device=dev)  # 0: no final frame
+        # read as zero frames with no flags, as they do in the numpy replay. One frame more than the ring:
+        # the last row stays zero, and a stack's frames from before its episode are gathered from it.
+        self._frame_rows = self._zeros((self.slots * N + 1, *self.frame_shape), self.frame_dtype)
+        self.zero_row = self.slots * N
+        self.frames = self._frame_rows[:-1].view(self.slots, N, *self.frame_shape)
+        self.actions = self._zeros((self.slots, N), action_dtype)
+        self.rewards = self._zeros((self.slots, N), torch.float32)
+        self.flags = self._zeros((self.slots, N), torch.uint8)
+        self.final_row = self._zeros((self.slots, N), torch.int64)  # 0: no final frame
         self.final_pool = torch.zeros((1, *self.frame_shape), dtype=self.frame_dtype, device=dev)
         self._final_rows: dict[int, int] = {}   # host: flat slot id -> pool row, to recycle rows
         self._free_rows: list[int] = []
@@ -87,6 +90,13 @@ class DeviceReplayBuffer:
         self._positions = torch.arange(self.stack, device=dev)
         self._powers = torch.from_numpy(self.gamma ** np.arange(self.n, dtype=np.float64)).to(dev)
         self._discounts = torch.from_numpy(self.gamma ** np.arange(self.n + 1)).to(dev)  # gamma^m, m steps taken
+
+    def _zeros(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        """On CPU through numpy, whose large allocations are lazily mapped (memory grows as the buffer
+        fills) and madvised for transparent huge pages: random frame gathers run ~20% faster here."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+        return torch.zeros(shape, dtype=dtype, device=self.device)
 
     # --- writing --------------------------------------------------------------------------
     def newest_frame(self, obs):
@@ -162,45 +172,49 @@ class DeviceReplayBuffer:
         """The batch for slots ``t`` [B] of streams ``env`` [B] (int64 on the device): stacks, n-step
         returns, discounts, bootstrap obs. Equal, element for element, to ReplayBuffer.gather."""
         N = self.num_envs
+        # ``take`` and ``index_select`` rather than ``x[index]``: on CPU, advanced indexing is 6-10x slower
         slot = ((t[:, None] + self._steps) % self.slots) * N + env[:, None]        # [B, n] flat slot ids
-        flags = self.flags.view(-1)[slot]
+        flags = self.flags.take(slot)
         ended = (flags & (TERMINATED | TRUNCATED)) != 0
         # step i counts if no earlier step of the window ended the episode (or the life)
         alive = ended.cumsum(1) == ended.long()
-        ret = (self.rewards.view(-1)[slot] * alive * self._powers).sum(1)
+        ret = (self.rewards.take(slot) * alive * self._powers).sum(1)
         m = alive.sum(1)                                                          # steps taken
-        last = (m - 1)[:, None]
-        last_flags = flags.gather(1, last)[:, 0]
-        discount = torch.where((last_flags & TERMINATED) != 0, 0.0, self._discounts[m])
+        last = slot.gather(1, (m - 1)[:, None])[:, 0]                             # slot of the last step
+        last_flags = self.flags.take(last)
+        discount = torch.where((last_flags & TERMINATED) != 0, 0.0, self._discounts.take(m))
         truncated = (last_flags & TRUNCATED) != 0
-        final = self.final_pool[self.final_row.view(-1)[slot.gather(1, last)[:, 0]]]  # row 0 unless truncated
+        final = self.final_pool.index_select(0, self.final_row.take(last))      # zero frame unless truncated
         obs, next_obs = self._stacks(t, (t + m) % self.slots, env, truncated, final)
-        return Batch(obs=obs, action=self.actions.view(-1)[slot[:, 0]].long(), reward=ret.float(),
+        return Batch(obs=obs, action=self.actions.take(slot[:, 0]).long(), reward=ret.float(),
                      discount=discount.float(), next_obs=next_obs, index=slot[:, 0], weight=weight)
 
     def _stacks(self, t, next_t, env, truncated, final):
         """Observations at ``t`` and bootstrap observations at ``next_t`` in one gather; a truncated row's
-        bootstrap stack is the stack before the cut shifted by one, ending in the kept final frame."""
+        bootstrap stack is the stack before the cut shifted by one, ending in the kept final frame.
+
+        Frames to be zeroed are gathered from the zero row rather than zeroed after the gather (a second
+        pass over the batch), and ``final`` is the zero frame on rows that are not truncated, so it is
+        simply added to the newest frame, which is gathered from the zero row on truncated rows."""
         N, B, S = self.num_envs, len(t), self.stack
-        frames = self.frames.view(-1, *self.frame_shape)
-        both = torch.cat([t, next_t])
-        env2 = torch.cat([env, env])
-        cut = torch.cat([torch.zeros_like(truncated), truncated])
+        both, env2 = torch.cat([t, next_t]), torch.cat([env, env])
+        cut = torch.cat([torch.zeros_like(truncated), truncated])                   # [2B]
         if S == 1:
-            out = torch.where(cut.view(-1, *[1] * len(self.frame_shape)), torch.cat([final, final]),
-                              frames[both * N + env2])
+            row = torch.where(cut, self.zero_row, both * N + env2)
+            out = self._frame_rows.index_select(0, row)
+            out[B:] += final
             return out[:B], out[B:]
         slot = ((both[:, None] + self._offsets) % self.slots) * N + env2[:, None]  # [2B, S]
-        stacks = frames[slot]                                                       # [2B, S, *frame]
-        first = (self.flags.view(-1)[slot] & FIRST) != 0
+        first = (self.flags.take(slot) & FIRST) != 0
         # at a cut, the newest position holds the final frame of the episode, not the next one's start
         first[:, -1] &= ~cut
-        stacks[:, -1] = torch.where(cut.view(-1, *[1] * len(self.frame_shape)), torch.cat([final, final]),
-                                    stacks[:, -1])
         # frames before the newest episode start in the window are from an earlier episode: zero them
         newest_start = (first * self._positions).amax(1)
-        stale = self._positions < newest_start[:, None]
-        stacks.masked_fill_(stale.view(2 * B, S, *[1] * len(self.frame_shape)), 0)
+        keep = self._positions >= newest_start[:, None]                             # [2B, S]
+        keep[:, -1] &= ~cut                                                         # makes room for the final frame
+        row = torch.where(keep, slot, self.zero_row)
+        stacks = self._frame_rows.index_select(0, row.view(-1)).view(2 * B, S, *self.frame_shape)
+        stacks[B:, -1] += final
         return stacks[:B], stacks[B:]
 
     # --- persistence ----------------------------------------------------------------------

@@ -192,8 +192,9 @@ def test_final_frames_pool_recycles_overwritten_rows():
 def test_allocated_bytes_match_the_formula():
     spec = ReplaySpec(800, 8, (4, 84, 84), np.uint8, stack=4, num_actions=4)
     dev = DeviceReplayBuffer(spec)
-    allocated = sum(x.nbytes for x in (dev.frames, dev.actions, dev.rewards, dev.flags, dev.final_row))
-    assert allocated == DeviceReplayBuffer.bytes_per_transition(spec) * 800 == (84 * 84 + 1 + 4 + 1 + 8) * 800
+    allocated = sum(x.nbytes for x in (dev._frame_rows, dev.actions, dev.rewards, dev.flags, dev.final_row))
+    assert DeviceReplayBuffer.bytes_per_transition(spec) == 84 * 84 + 1 + 4 + 1 + 8
+    assert allocated == DeviceReplayBuffer.bytes_per_transition(spec) * 800 + 84 * 84  # and the zero frame
 
 
 # --- prioritized ------------------------------------------------------------------------------
