@@ -13,10 +13,11 @@ slot to its pool row (row 0 is a spare zero frame for every other slot), and the
 slot -> row map only to recycle rows when ``add`` overwrites a slot. Sampling handles truncated rows
 with a ``where`` on every row rather than a host loop.
 
-Priorities (:class:`DevicePrioritizedReplayBuffer`) are one float64 tensor over all slots; sampling takes
-its cumulative sum and ``searchsorted`` for the stratified draws, O(capacity) work per batch that is a
-single pass of memory bandwidth on a GPU, in place of a sum tree's ~20 dependent gathers per level.
-A leaf is found by exactly the rule of :meth:`rl.replay.SumTree.find`.
+Priorities (:class:`DevicePrioritizedReplayBuffer`) are a float64 tensor over all slots in blocks of
+~sqrt(capacity) with a sum per block; a stratified draw is cumsum + ``searchsorted`` over the block sums,
+then over the chosen block's leaves, by the rule of :meth:`rl.replay.SumTree.find`: a fixed handful of ops
+in place of a sum tree's ~20 dependent gathers, and O(B * sqrt(capacity)) work rather than a scan of all
+priorities (which costs 1.7 ms per batch on CPU for 200k).
 
 State dicts hold the same keys and numpy arrays as :class:`rl.replay.ReplayBuffer` (and the prioritized
 one's sum tree), so either replay loads the other's state. The random streams cannot be carried across
@@ -276,44 +277,73 @@ class DevicePrioritizedReplayBuffer(DeviceReplayBuffer):
 
     Invariant (as there): a slot has non-zero priority exactly when it can be sampled. New transitions
     enter with the largest priority seen so far, kept as a device scalar so no update reads back to the host.
+
+    In place of a sum tree (one dependent gather per level, ~20 for a 1M replay), a two-level table: leaves
+    in blocks of ``block`` (a power of two >= sqrt(capacity)) and each block's sum, recomputed from its
+    leaves whenever one changes (no drift). A draw is a cumsum + searchsorted over the block sums, then over
+    the leaves of the chosen block: O(B * sqrt(capacity)) work per batch in a fixed number of ops.
     """
 
     def __init__(self, spec: ReplaySpec, seed: int = 0, device: str | torch.device = "cpu",
                  alpha: float = 0.5, eps: float = 1e-6):
         super().__init__(spec, seed, device)
         self.alpha, self.eps = alpha, eps
-        self.priorities = torch.zeros(self.slots * self.num_envs, dtype=torch.float64, device=self.device)
+        capacity = self.slots * self.num_envs
+        self.block = 1
+        while self.block * self.block < capacity:
+            self.block *= 2
+        blocks = -(-capacity // self.block)
+        self._leaves = torch.zeros((blocks, self.block), dtype=torch.float64, device=self.device)  # padded
+        self.priorities = self._leaves.view(-1)[:capacity]            # p_i^alpha per flat slot id
+        self.block_sums = torch.zeros(blocks, dtype=torch.float64, device=self.device)
         self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
 
+    def _resum(self, blocks: torch.Tensor) -> None:
+        """Recompute the sums of ``blocks`` (repeats allowed) from their leaves."""
+        self.block_sums[blocks] = self._leaves.index_select(0, blocks).sum(1)
+
     def add(self, *args, **kwargs) -> None:
-        t = self.cursor
+        t, N = self.cursor, self.num_envs
         super().add(*args, **kwargs)
-        leaves = self.priorities.view(self.slots, self.num_envs)
+        leaves = self.priorities.view(self.slots, N)
+        touched = [t]
         leaves[t] = 0                                                         # no n-step future yet
         if self.size == self.slots:                                           # the oldest slots lost their history
             for k in range(1, self.stack):
-                leaves[(t + k) % self.slots] = 0
+                touched.append((t + k) % self.slots)
+                leaves[touched[-1]] = 0
         if self.size > self.n:
             ready = (t - self.n) % self.slots                                 # now has its n-step future
             lo, hi = self._age_range()
             if lo <= (ready - self._oldest()) % self.slots <= hi:
+                touched.append(ready)
                 leaves[ready] = self.max_priority ** self.alpha
+        blocks = {i // self.block for row in touched for i in (row * N, row * N + N - 1)}
+        self._resum(torch.tensor(sorted(blocks), device=self.device))
 
-    def find(self, prefix: torch.Tensor, cumsum: torch.Tensor) -> torch.Tensor:
-        """Leaf i with cumsum[i-1] <= prefix < cumsum[i] (SumTree.find's rule); never an empty leaf
-        for prefix < cumsum[-1]."""
-        return torch.searchsorted(cumsum, prefix, right=True).clamp_(max=len(cumsum) - 1)
+    def find(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Leaf i with cumsum[i-1] <= prefix < cumsum[i] (SumTree.find's rule, over partial sums taken
+        block by block); never an empty leaf for 0 <= prefix < the total."""
+        K = self.block
+        block_cum = torch.cumsum(self.block_sums, 0)
+        blk = torch.searchsorted(block_cum, prefix, right=True).clamp_(max=len(block_cum) - 1)
+        leaves = self._leaves.index_select(0, blk)                             # [B, K]
+        leaf_cum = leaves.cumsum(1)
+        rest = prefix - (block_cum.take(blk) - self.block_sums.take(blk))      # mass to go inside the block
+        # the two levels round differently: keep ``rest`` inside the block's own partial sums
+        rest = torch.minimum(rest.clamp(min=0), leaf_cum[:, -1] * (1 - 1e-12))
+        j = torch.searchsorted(leaf_cum, rest[:, None], right=True)[:, 0].clamp_(max=K - 1)
+        return blk * K + j
 
     def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
         if len(self) == 0:
             raise ValueError("replay buffer holds no complete transition yet")
-        cumsum = torch.cumsum(self.priorities, 0)
-        total = cumsum[-1]
+        total = self.block_sums.sum()
         # stratified: one uniform draw inside each of batch_size equal slices of the total mass
         u = torch.rand(batch_size, dtype=torch.float64, generator=self.generator, device=self.device)
         prefix = (torch.arange(batch_size, device=self.device) + u) * (total / batch_size)
-        index = self.find(torch.minimum(prefix, total * (1 - 1e-12)), cumsum)
-        p = self.priorities[index] / total                                     # P(i)
+        index = self.find(torch.minimum(prefix, total * (1 - 1e-12)))
+        p = self.priorities.take(index) / total                               # P(i)
         weight = (len(self) * p) ** (-beta)
         weight = (weight / weight.max()).float()                               # normalised so updates only shrink
         return self.gather(index // self.num_envs, index % self.num_envs, weight)
@@ -324,8 +354,9 @@ class DevicePrioritizedReplayBuffer(DeviceReplayBuffer):
         transition's priority, so which write wins does not matter."""
         index = torch.as_tensor(index, device=self.device).long()
         priority = torch.as_tensor(priority, device=self.device).to(torch.float64) + self.eps
-        current = self.priorities[index]
+        current = self.priorities.take(index)
         self.priorities[index] = torch.where(current > 0, priority ** self.alpha, current)
+        self._resum(index // self.block)
         self.max_priority = torch.maximum(self.max_priority, priority.max())
 
     # --- persistence: the numpy replay's sum-tree array, so either loads the other ----------
@@ -345,4 +376,5 @@ class DevicePrioritizedReplayBuffer(DeviceReplayBuffer):
         super().load_state_dict(state)
         size = self._tree_size()
         self._put(self.priorities, np.asarray(state["priorities"])[size:size + len(self.priorities)])
+        self._resum(torch.arange(len(self.block_sums), device=self.device))
         self.max_priority.fill_(float(state["max_priority"]))

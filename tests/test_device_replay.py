@@ -216,20 +216,46 @@ def test_priorities_follow_the_numpy_sum_tree():
         leaves = ref.tree.get(np.arange(45))
         np.testing.assert_array_equal(dev.priorities.numpy() > 0, leaves > 0)
         np.testing.assert_allclose(dev.priorities.numpy(), leaves, rtol=1e-14)
+        np.testing.assert_allclose(dev.block_sums.numpy(), dev._leaves.sum(1).numpy(), rtol=1e-14)  # kept current
         assert dev.max_priority.item() == ref.max_priority
         assert_gathers_equal(ref, dev)
 
 
-def test_find_picks_the_sum_trees_leaf():
+@pytest.mark.parametrize("capacity", [37, 1000])
+def test_find_picks_the_sum_trees_leaf(capacity):
     rng = np.random.default_rng(0)
-    leaves = rng.integers(0, 4, 37).astype(np.float64)  # integers: both sums exact; zeros are empty leaves
-    tree = SumTree(37)
-    tree.set(np.arange(37), leaves)
+    leaves = rng.integers(0, 4, capacity).astype(np.float64)  # integers: all sums exact; zeros are empty leaves
+    tree = SumTree(capacity)
+    tree.set(np.arange(capacity), leaves)
+    dev = DevicePrioritizedReplayBuffer(ReplaySpec(capacity, 1, (1,), np.float32))
+    dev.priorities.copy_(torch.from_numpy(leaves))
+    dev._resum(torch.arange(len(dev.block_sums)))
+    assert 1 < len(dev.block_sums) < capacity  # two levels, the last block padded
     bounds = np.cumsum(leaves)
     prefix = np.concatenate([rng.random(5000) * leaves.sum(), bounds[bounds < leaves.sum()]])  # boundaries too
-    dev = DevicePrioritizedReplayBuffer(ReplaySpec(37, 1, (1,), np.float32))
-    got = dev.find(torch.from_numpy(prefix), torch.cumsum(torch.from_numpy(leaves), 0)).numpy()
+    got = dev.find(torch.from_numpy(prefix)).numpy()
     np.testing.assert_array_equal(got, tree.find(prefix))
+    assert (leaves[got] > 0).all()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_find_never_lands_on_an_empty_leaf(seed):
+    """Real-valued priorities with every block's first and last leaf empty, prefixes a few ulps around each
+    block's edges: the two levels round differently, and that must not step onto an empty leaf."""
+    rng = np.random.default_rng(seed)
+    dev = DevicePrioritizedReplayBuffer(ReplaySpec(5000, 1, (1,), np.float32))
+    leaves = rng.random(5000) ** 8 * (rng.random(5000) < 0.5)
+    leaves[::dev.block] = leaves[dev.block - 1::dev.block] = 0
+    dev.priorities.copy_(torch.from_numpy(leaves))
+    dev._resum(torch.arange(len(dev.block_sums)))
+    total = dev.block_sums.sum().item()
+    ends = np.cumsum(dev.block_sums.numpy())[:-1]
+    edges, down, up = [ends], ends, ends
+    for _ in range(4):
+        down, up = np.nextafter(down, 0), np.nextafter(up, np.inf)
+        edges += [down, up]
+    prefix = np.concatenate([rng.random(2000) * total, *edges])
+    got = dev.find(torch.from_numpy(np.minimum(prefix, total * (1 - 1e-12)))).numpy()
     assert (leaves[got] > 0).all()
 
 
