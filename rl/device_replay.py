@@ -10,8 +10,8 @@ with no host copy and no host sync, so on a GPU the learner's batch never crosse
 
 Kept aside: the final frames of truncated episodes live in a small pool tensor, ``final_row`` maps a
 slot to its pool row (row 0 is a spare zero frame for every other slot), and the host keeps the
-slot -> row map only to recycle rows when ``add`` overwrites a slot. Sampling handles truncated rows
-with a ``where`` on every row rather than a host loop.
+slot -> row map only to recycle rows when ``add`` overwrites a slot. Sampling adds every row's pool
+frame to its bootstrap stack (the zero frame except after a time-limit cut) rather than looping on the host.
 
 Priorities (:class:`DevicePrioritizedReplayBuffer`) are a float64 tensor over all slots in blocks of
 ~sqrt(capacity) with a sum per block; a stratified draw is cumsum + ``searchsorted`` over the block sums,
