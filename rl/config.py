@@ -89,8 +89,8 @@ class TrainConfig:
     gamma: float = setting(0.99, "discount factor", low=0.0, high=1.0)
     n_step: int = setting(1, "steps of reward summed into each TD target", low=1, high=100)
     double: bool = setting(False, "Double DQN: the online net picks a', the target net values it")
-    network: str = setting("nature_cnn", "Q-network encoder: nature_cnn or impala_cnn (Atari), mlp (vectors)",
-                           choices=("nature_cnn", "impala_cnn", "mlp"))
+    network: str = setting("nature_cnn", "Q-network encoder: nature_cnn, impala_cnn or minatar_cnn (images), "
+                                         "mlp (vectors)", choices=("nature_cnn", "impala_cnn", "minatar_cnn", "mlp"))
     hidden_sizes: list = setting(None, "MLP hidden layer widths", factory=lambda: [120, 84])
     # Rainbow-family switches (Hessel et al. 2018); each composes with the others
     dueling: bool = setting(False, "dueling streams: Q = V + A - mean(A) (Wang et al. 2016)")
