@@ -99,3 +99,24 @@ def test_readme_settings_table_is_the_declarations():
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- settings-table: begin -->\n")[1].split("<!-- settings-table: end -->")[0]
     assert block == settings_table(), "README's table is stale: paste the output of python -m rl.config"
+
+
+# --- typed lists: list[int], list[str] from the type hint -------------------------------------------------
+
+def test_list_settings_take_toml_lists_of_their_item_type():
+    assert resolve(["--preset", "cartpole", "--hidden-sizes", "[32]"]).hidden_sizes == [32]
+    assert from_dict(TrainConfig, {"hidden_sizes": [64.0, 32]}).hidden_sizes == [64, 32]   # whole floats are ints
+    assert from_dict(TrainConfig, {"hidden_sizes": []}).hidden_sizes == []
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("hidden_sizes", [64, "64"], "use a list of whole numbers such as [64, 64]"),
+    ("hidden_sizes", [64, 1.5], "use a list of whole numbers"),
+    ("hidden_sizes", [64, True], "use a list of whole numbers"),
+    ("hidden_sizes", [64, 0], "every item must be >= 1"),
+    ("hidden_sizes", 64, "use a list of whole numbers"),
+])
+def test_list_settings_refuse_other_items_in_one_line(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        from_dict(TrainConfig, {key: value})
+    assert str(caught.value).startswith(f"{key} = {value!r} is not allowed") and "\n" not in str(caught.value)
