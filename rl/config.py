@@ -58,8 +58,11 @@ class TrainConfig:
     """
 
     # environment
-    env: str = setting("breakout", "environment: an ALE game in snake_case (breakout, pong, ...) or a control "
-                                   "task (cartpole, acrobot, mountain_car)")
+    env: str = setting("breakout", "environment: an ALE game in snake_case (breakout, pong, ...), a control task "
+                                   "(cartpole, acrobot, mountain_car), or gym:ID for any registered gymnasium env "
+                                   "with discrete actions (gym:MinAtar/Breakout-v1)")
+    gym_packages: list[str] = setting(None, "modules imported before a gym:ID env is made, so that they can register "
+                                            "their environments (like the RL Zoo's --gym-packages)", factory=list)
     num_envs: int = setting(8, "parallel environments", low=1, high=1024)
     env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, resumable=True)
     sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
