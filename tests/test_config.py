@@ -79,7 +79,7 @@ def test_toml_writer_round_trips_any_string_and_key():
     assert tomllib.loads(dumps_toml(WEIRD)) == WEIRD
 
 
-@pytest.mark.parametrize("preset", ["breakout", "breakout-100k", "breakout-rainbow", "cartpole"])
+@pytest.mark.parametrize("preset", ["breakout", "breakout-100k", "breakout-rainbow", "cartpole", "minatar-breakout"])
 def test_every_key_of_every_preset_round_trips(preset):
     cfg, _ = base_config(preset, None)
     data = dataclasses.asdict(cfg)

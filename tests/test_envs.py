@@ -275,7 +275,8 @@ def test_a_users_package_trains_resumes_and_evaluates_through_gym_packages(tmp_p
 @pytest.mark.parametrize("env,obs_shape", [
     (["--preset", "cartpole", "--network", "minatar_cnn", "--env", "gym:RlTest/Catch-v0",
       "--gym-packages", f'["{GYM_PACKAGE}"]'], (2, 7, 7)),
-], ids=["catch"])
+    pytest.param(["--preset", "minatar-breakout"], (4, 10, 10), marks=needs_minatar),
+], ids=["catch", "minatar-preset"])
 def test_an_image_env_trains_with_minatar_cnn_and_resumes_exactly(env, obs_shape, tmp_path, gym_package):
     """bool [H, W, C] observations, stored whole in the replay (no frame stack): a run stopped halfway and
     resumed ends with the uninterrupted run's weights, replay and env states restored bit for bit."""
