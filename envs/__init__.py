@@ -52,8 +52,8 @@ def check_config(cfg) -> None:
         if not env_id:
             raise ConfigError(f"env = {cfg.env!r} is not allowed: name a gymnasium id after 'gym:', "
                               f"such as gym:CartPole-v1")
-        from envs.gym import inspect
-        encoding, metadata = inspect(cfg.env, env_id, cfg.gym_packages)
+        from envs.gym import probe
+        encoding, metadata = probe(cfg.env, env_id, cfg.gym_packages)
         kind, obs_shape = ("image" if encoding.kind == "image" else "vector"), encoding.shape
         if cfg.eval_video and "rgb_array" not in metadata.get("render_modes", ()):
             raise ConfigError(f"eval_video = true is not allowed for env {cfg.env!r}: it cannot render rgb_array "

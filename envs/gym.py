@@ -67,7 +67,7 @@ def import_packages(packages: Sequence[str]) -> None:
             _hooks_run.add(hook.value)
 
 
-def registered(env_id: str, name: str) -> None:
+def require_registered(env_id: str, name: str) -> None:
     """Refuse an id gymnasium does not know, with the closest registered one."""
     if env_id in gym.registry:
         return
@@ -125,11 +125,11 @@ def space_problem(observation_space: gym.Space, action_space: gym.Space) -> str 
     return None
 
 
-def inspect(name: str, env_id: str, packages: Sequence[str]) -> tuple[Encoding, dict[str, Any]]:
+def probe(name: str, env_id: str, packages: Sequence[str]) -> tuple[Encoding, dict[str, Any]]:
     """Make the env once and check its spaces: (its observation encoding, its metadata). Every failure is a
     one-line ConfigError naming ``name`` (the config's env)."""
     import_packages(packages)
-    registered(env_id, name)
+    require_registered(env_id, name)
     try:
         env = gym.make(env_id)
     except Exception as exc:
