@@ -20,12 +20,13 @@ def validated(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def replay_spec(cfg: TrainConfig, obs_shape: Sequence[int], obs_dtype: np.dtype, num_actions: int,
+def replay_spec(cfg: TrainConfig, obs_shape: Sequence[int], obs_dtype: np.dtype, num_actions: int, stack: int,
                 capacity: int | None = None) -> ReplaySpec:
-    """Image stacks [stack, H, W] are stored a frame at a time and rebuilt at sample time; vectors whole."""
+    """``stack`` is the env's ``frame_stack``: stacks [stack, H, W] (Atari) are stored a frame at a time and
+    rebuilt at sample time; with 1, every observation (vector, or an unstacked image) is stored whole."""
     return ReplaySpec(capacity=capacity or cfg.buffer_size, num_envs=cfg.num_envs, obs_shape=tuple(obs_shape),
-                      obs_dtype=np.dtype(obs_dtype), stack=cfg.frame_stack if len(obs_shape) == 3 else 1,
-                      n_step=cfg.n_step, gamma=cfg.gamma, num_actions=num_actions)
+                      obs_dtype=np.dtype(obs_dtype), stack=stack, n_step=cfg.n_step, gamma=cfg.gamma,
+                      num_actions=num_actions)
 
 
 def make_replay(cfg: TrainConfig, spec: ReplaySpec, seed: int) -> ReplayBuffer:

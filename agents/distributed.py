@@ -184,7 +184,8 @@ class ReplayServer:
     (prioritized), which gives every transition the same probability as one big buffer would."""
 
     def __init__(self, cfg: TrainConfig, obs_shape, obs_dtype, num_actions: int, actors: int):
-        spec = replay_spec(cfg, obs_shape, np.dtype(obs_dtype), num_actions, cfg.buffer_size // actors)
+        spec = replay_spec(cfg, obs_shape, np.dtype(obs_dtype), num_actions,
+                           cfg.frame_stack if is_atari(cfg.env) else 1, cfg.buffer_size // actors)
         self.prioritized = cfg.prioritized
         self.buffers: list[ReplayBuffer] = [make_replay(cfg, spec, seed=_seed(cfg.seed, 7, i)) for i in range(actors)]
         self.ids_per_buffer = self.buffers[0].slots * spec.num_envs    # global index = buffer * this + local
@@ -306,7 +307,7 @@ class ActorWorker:
         self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, "cpu")
         self.agent.rng = np.random.default_rng(seed)          # each actor its own exploration stream
         self.epsilon = actor_epsilon_schedules(cfg, actors)[index](0)   # the learner sends the current one
-        self.stack = replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions).stack
+        self.stack = self.env.frame_stack
         self.version = -1                                     # learner updates behind the weights held
         self.obs = self.env.reset()
         self.first = np.ones(self.env.num_envs, bool)
@@ -315,7 +316,7 @@ class ActorWorker:
         if cfg.prioritized:   # the recent steps, to rebuild the stacks and n-step returns priorities need
             slots = cfg.actor_chunk_steps + self.stack + cfg.n_step + 1
             self.local = ReplayBuffer(replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype,
-                                                  self.env.num_actions, slots * self.env.num_envs))
+                                                  self.env.num_actions, self.stack, slots * self.env.num_envs))
 
     def identity(self) -> dict[str, Any]:
         return {**_identity(), "actor": self.index, "incarnation": self.incarnation, "epsilon": self.epsilon}

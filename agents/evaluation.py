@@ -127,7 +127,7 @@ def protocol_line(results: dict[str, Any]) -> str:
     """What was played, so a score is never quoted without its protocol."""
     p = results["protocol"]
     atari = "game" in p
-    line = (f"protocol: {p.get('game') or p.get('task')}, {results['episodes']} full games, "
+    line = (f"protocol: {p.get('game') or p.get('gym_id')}, {results['episodes']} full games, "
             f"epsilon {p['epsilon']}, seed {p['seed']}, {results.get('weights', 'online')} weights")
     if atari:
         line += (f", sticky actions {p['sticky_action_prob']}, at most {p['max_episode_frames']} frames/game, "

@@ -83,8 +83,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg)
         self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
-        self.replay = make_replay(cfg, replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions),
-                                  seed=cfg.seed)
+        self.replay = make_replay(cfg, replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions,
+                                                   self.env.frame_stack), seed=cfg.seed)
         self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
         self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.step = 0                 # agent steps taken, all envs together

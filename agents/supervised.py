@@ -48,7 +48,8 @@ class SupervisedConfig:
                                   low=0.0, high=0.9, low_open=True)
     # model (classify and sweep; bc always uses the teacher's network)
     model: str = setting("mlp", "classifier: mlp, or cnn for images [H, W] or [C, H, W]", choices=("mlp", "cnn"))
-    hidden_sizes: list = setting(None, "widths of the fully connected hidden layers", factory=lambda: [64, 64])
+    hidden_sizes: list[int] = setting(None, "widths of the fully connected hidden layers", low=1,
+                                      factory=lambda: [64, 64])
     dropout: float = setting(0.0, "dropout probability after each hidden layer", low=0.0, high=0.9)
     # learner
     optimizer: str = setting("adam", "optimizer name from rl.registry (rl-supervised --list)",

@@ -54,6 +54,7 @@ class AtariEnv(VecEnv):
             max_num_frames_per_episode=max_episode_frames, **ALE_OPTIONS,
         )
         self.obs_shape = (frame_stack, 84, 84)
+        self.frame_stack = frame_stack
         self.obs_dtype = np.dtype(np.uint8)
         self.num_actions = int(self.env.single_action_space.n)
         self.life_loss_terminal = life_loss_terminal

@@ -38,6 +38,7 @@ class VecEnv:
     obs_dtype: np.dtype
     num_actions: int
     protocol: dict[str, Any]
+    frame_stack: int = 1      # frames stacked in obs_shape[0], each stored once in the replay (Atari); 1: none
 
     def __init__(self, num_envs: int, seed: int):
         self.num_envs = num_envs

@@ -7,7 +7,8 @@ tests/test_video.py checks rewards, episode ends and the frames themselves step 
 :class:`FilmedEnv` re-checks rewards and episode ends on every step, so a drift cannot go unnoticed.
 
 Encoding needs the optional ``video`` extra: imageio with imageio-ffmpeg (which ships its own ffmpeg
-binary) for MP4, Pillow for GIF, pygame for rendering the control tasks.
+binary) for MP4, Pillow for GIF, pygame for rendering the control tasks. Gymnasium envs are filmed through
+their own ``rgb_array`` rendering.
 """
 from __future__ import annotations
 
@@ -97,49 +98,71 @@ class AtariCamera:
         self.env.close()
 
 
-class ControlCamera:
-    """One gymnasium env per slot in ``rgb_array`` mode, which renders offscreen (no display needed)."""
+def rgb_frame(frame: np.ndarray, min_side: int = 160) -> np.ndarray:
+    """A rendered frame as the writers take it: uint8 RGB [H, W, 3] (floats in [0, 1] scaled to 0-255, grey
+    repeated, alpha dropped), enlarged by a whole factor, pixels kept square and sharp, until its shorter
+    side reaches ``min_side``: MinAtar renders its 10x10 grid as 10x10 pixels."""
+    x = np.asarray(frame)
+    if x.dtype.kind == "f":
+        x = np.rint(np.clip(x, 0.0, 1.0) * 255.0)
+    x = x.astype(np.uint8)
+    if x.ndim == 2:
+        x = x[..., None]
+    x = np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[..., :3]
+    factor = -(-min_side // min(x.shape[:2]))
+    if factor > 1:
+        factor += factor % 2                          # even sides: yuv420p halves them
+        x = x.repeat(factor, axis=0).repeat(factor, axis=1)
+    return x
+
+
+class GymCamera:
+    """A :class:`envs.gym.GymEnv` twin in ``rgb_array`` mode (offscreen: no display needed), made from the env's
+    protocol (its gym id, and the gym_packages that register it)."""
 
     def __init__(self, protocol: dict, num_envs: int):
-        import gymnasium as gym
+        from envs.gym import GymEnv
 
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")   # nothing is shown; stops SDL probing for a display
-        self.envs = [gym.make(protocol["task"], render_mode="rgb_array") for _ in range(num_envs)]
-        self.fps = float(self.envs[0].metadata.get("render_fps", 30))
-        self.actions: np.ndarray | None = None
+        from rl.config import ConfigError
+
+        # gymnasium's env checker saw the env when it was made to play; its warnings about rendered frames
+        # (floats, no render_fps: MinAtar's) are rgb_frame's and this fps default's to handle
+        self.env = GymEnv(protocol["gym_id"], num_envs, 0, packages=protocol.get("gym_packages", ()),
+                          render_mode="rgb_array", env_checker=False)
+        modes = self.env.envs[0].metadata.get("render_modes", ())
+        if "rgb_array" not in modes:
+            self.env.close()
+            raise ConfigError(f"a video of {protocol['gym_id']!r} is not possible: it cannot render rgb_array "
+                              f"frames (its render modes: {', '.join(modes) or 'none'})")
+        # the env's own frame rate; 15 fps (the Atari videos') where it states none, as MinAtar does
+        self.fps = float(self.env.envs[0].metadata.get("render_fps") or 15)
 
     def reset(self, seeds: np.ndarray, mask: np.ndarray | None) -> list[np.ndarray | None]:
-        chosen = range(len(self.envs)) if mask is None else np.flatnonzero(mask)
-        frames: list[np.ndarray | None] = [None] * len(self.envs)
-        for e, seed in zip(chosen, seeds):
-            self.envs[e].reset(seed=int(seed))
-            frames[e] = self.envs[e].render()
-        return frames
+        self.env._reset(seeds, mask)
+        chosen = set(range(self.env.num_envs) if mask is None else np.flatnonzero(mask).tolist())
+        return [rgb_frame(self.env.render(e)) if e in chosen else None for e in range(self.env.num_envs)]
 
     def send(self, actions: np.ndarray) -> None:
-        self.actions = actions
+        self.env._send(actions)
 
     def recv(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        frames, reward, end = [], np.zeros(len(self.envs)), np.zeros(len(self.envs), bool)
-        for e, (env, action) in enumerate(zip(self.envs, self.actions)):
-            _, reward[e], term, trunc, _ = env.step(int(action))
-            end[e] = term or trunc
-            frames.append(env.render())                  # an ended episode is not reset yet: its last frame
-        return frames, reward, end
+        _, reward, _, _, end, _ = self.env._recv()
+        # an ended episode is not reset yet: its last frame
+        return [rgb_frame(self.env.render(e)) for e in range(self.env.num_envs)], reward, end
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.env.close()
 
 
 def camera_for(env: VecEnv):
     from envs.atari import AtariEnv
-    from envs.control import ControlEnv
+    from envs.gym import GymEnv
 
     if isinstance(env, AtariEnv):
         return AtariCamera(env.protocol, env.num_envs)
-    if isinstance(env, ControlEnv):
-        return ControlCamera(env.protocol, env.num_envs)
+    if isinstance(env, GymEnv):
+        return GymCamera(env.protocol, env.num_envs)
     raise TypeError(f"no camera for {type(env).__name__}")
 
 
@@ -266,6 +289,7 @@ class FilmedEnv(VecEnv):
         super().__init__(env.num_envs, env.seed)
         self.env, self.camera, self.recorder = env, camera, recorder
         self.obs_shape, self.obs_dtype, self.num_actions = env.obs_shape, env.obs_dtype, env.num_actions
+        self.frame_stack = env.frame_stack
         self.protocol = env.protocol
 
     def _reset(self, seeds, mask):

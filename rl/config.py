@@ -58,8 +58,11 @@ class TrainConfig:
     """
 
     # environment
-    env: str = setting("breakout", "environment: an ALE game in snake_case (breakout, pong, ...) or a control "
-                                   "task (cartpole, acrobot, mountain_car)")
+    env: str = setting("breakout", "environment: an ALE game in snake_case (breakout, pong, ...), a control task "
+                                   "(cartpole, acrobot, mountain_car), or gym:ID for any registered gymnasium env "
+                                   "with discrete actions (gym:MinAtar/Breakout-v1)")
+    gym_packages: list[str] = setting(None, "modules imported before a gym:ID env is made, so that they can register "
+                                            "their environments (like the RL Zoo's --gym-packages)", factory=list)
     num_envs: int = setting(8, "parallel environments", low=1, high=1024)
     env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, resumable=True)
     sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
@@ -89,9 +92,9 @@ class TrainConfig:
     gamma: float = setting(0.99, "discount factor", low=0.0, high=1.0)
     n_step: int = setting(1, "steps of reward summed into each TD target", low=1, high=100)
     double: bool = setting(False, "Double DQN: the online net picks a', the target net values it")
-    network: str = setting("nature_cnn", "Q-network encoder: nature_cnn or impala_cnn (Atari), mlp (vectors)",
-                           choices=("nature_cnn", "impala_cnn", "mlp"))
-    hidden_sizes: list = setting(None, "MLP hidden layer widths", factory=lambda: [120, 84])
+    network: str = setting("nature_cnn", "Q-network encoder: nature_cnn, impala_cnn or minatar_cnn (images), "
+                                         "mlp (vectors)", choices=("nature_cnn", "impala_cnn", "minatar_cnn", "mlp"))
+    hidden_sizes: list[int] = setting(None, "MLP hidden layer widths", low=1, factory=lambda: [120, 84])
     # Rainbow-family switches (Hessel et al. 2018); each composes with the others
     dueling: bool = setting(False, "dueling streams: Q = V + A - mean(A) (Wang et al. 2016)")
     noisy: bool = setting(False, "factorised noisy linear layers explore instead of epsilon (Fortunato et al. 2018)")
@@ -168,47 +171,67 @@ def _choices(f: dataclasses.Field) -> tuple | None:
     return choices() if callable(choices) else choices
 
 
-def _type_of(cls, f: dataclasses.Field) -> type:
-    hint = typing.get_type_hints(cls)[f.name]
-    return typing.get_origin(hint) or hint
+# What a value of each setting type must be: one value; the items of a list[T] setting, and such a list.
+_WANTED = {bool: ("true or false", "true or false values", "[true, false]"),
+           int: ("a whole number", "whole numbers", "[64, 64]"),
+           float: ("a finite number", "finite numbers", "[0.5, 1.0]"),
+           str: ("a string", "strings", '["my_package"]'),
+           dict: ("a table such as {eps = 1e-5}", "tables", "[{eps = 1e-5}]")}
+
+
+def _coerce(kind: type, value: Any) -> tuple[bool, Any]:
+    """(True, ``value`` as ``kind``) when it is one (a whole float counts as an int, an int as a float),
+    else (False, None)."""
+    if kind is bool:
+        return isinstance(value, bool), value
+    if isinstance(value, bool):                         # bool is an int subclass, never a number here
+        return False, None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return isinstance(value, int), value
+    if kind is float:
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        return ok, float(value) if ok else None
+    if kind in (str, dict):
+        return isinstance(value, kind), value
+    raise TypeError(f"settings of type {kind!r} are not supported")
+
+
+def _bounds(f: dataclasses.Field) -> str:
+    low, high, low_open = f.metadata.get("low"), f.metadata.get("high"), f.metadata.get("low_open")
+    parts = ([f"> {low}" if low_open else f">= {low}"] if low is not None else []) + \
+            ([f"<= {high}"] if high is not None else [])
+    return " and ".join(parts)
+
+
+def _in_bounds(f: dataclasses.Field, value: Any) -> bool:
+    low, high, low_open = f.metadata.get("low"), f.metadata.get("high"), f.metadata.get("low_open")
+    return not ((low is not None and (value < low or (low_open and value == low)))
+                or (high is not None and value > high))
 
 
 def _check_value(cls, f: dataclasses.Field, value: Any) -> Any:
-    """Coerce ``value`` to the field's type and check its bounds; raise ConfigError otherwise."""
-    kind = _type_of(cls, f)
-    name = f.name
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} = {value!r} is not allowed: use true or false")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise ConfigError(f"{name} = {value!r} is not allowed: use a whole number")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} = {value!r} is not allowed: use a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{name} = {value!r} is not allowed: use a finite number")
-    elif kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} = {value!r} is not allowed: use a string")
-    elif kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                  for v in value):
-            raise ConfigError(f"{name} = {value!r} is not allowed: use a list of positive whole numbers")
-    elif kind is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} = {value!r} is not allowed: use a table such as {{eps = 1e-5}}")
-    low, high, low_open = f.metadata.get("low"), f.metadata.get("high"), f.metadata.get("low_open")
-    if low is not None and (value < low or (low_open and value == low)):
-        bound = f"> {low}" if low_open else f">= {low}"
-        rng = f"{bound}" + (f" and <= {high}" if high is not None else "")
-        raise ConfigError(f"{name} = {value!r} is not allowed: must be {rng}")
-    if high is not None and value > high:
-        raise ConfigError(f"{name} = {value!r} is not allowed: must be <= {high}")
+    """Coerce ``value`` to the field's type and check its bounds and choices; raise ConfigError otherwise.
+    A ``list[T]`` setting checks every item as a ``T`` against the field's bounds (``hidden_sizes``: whole
+    numbers >= 1; ``gym_packages``: strings)."""
+    name, hint = f.name, typing.get_type_hints(cls)[f.name]
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        coerced = [_coerce(item, v) for v in value] if isinstance(value, list) else [(False, None)]
+        if not all(ok for ok, _ in coerced):
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a list of {_WANTED[item][1]} "
+                              f"such as {_WANTED[item][2]}")
+        items = [v for _, v in coerced]
+        if not all(_in_bounds(f, v) for v in items):
+            raise ConfigError(f"{name} = {value!r} is not allowed: every item must be {_bounds(f)}")
+        return items
+    ok, value_as = _coerce(hint, value)
+    if not ok:
+        raise ConfigError(f"{name} = {value!r} is not allowed: use {_WANTED[hint][0]}")
+    value = value_as
+    if not _in_bounds(f, value):
+        raise ConfigError(f"{name} = {value!r} is not allowed: must be {_bounds(f)}")
     choices = _choices(f)
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)

@@ -3,7 +3,8 @@
 Every Q-network maps uint8 frames or float vectors to Q-values [B, A] with ``forward``; a
 distributional one also gives logits over its value atoms with ``dist`` [B, A, K]. The encoders scale
 uint8 frames inside, so the host keeps uint8 end to end and only the device sees floats.
-Options compose: dueling streams, noisy linear layers, C51 atoms, Nature or Impala encoder.
+Options compose: dueling streams, noisy linear layers, C51 atoms, Nature, Impala or MinAtar encoder; the
+encoders size their flattened output from the real image, so any [C, H, W] that a network fits works.
 """
 from __future__ import annotations
 
@@ -60,10 +61,35 @@ class NoisyLinear(nn.Module):
         return F.linear(x, weight, bias)
 
 
-class NatureEncoder(nn.Module):
-    """Mnih et al. (2015) convolutions; uint8[B, C, 84, 84] -> float[B, 3136]."""
+def conv_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length of a convolution or pooling along one side (< 1: the input is too small for it)."""
+    return (size + 2 * padding - kernel) // stride + 1
 
-    def __init__(self, in_channels: int):
+
+def nature_grid(height: int, width: int) -> tuple[int, int]:
+    """The Nature encoder's last feature map size: 7x7 for 84x84 frames."""
+    def side(n: int) -> int:
+        return conv_size(conv_size(conv_size(n, 8, 4), 4, 2), 3, 1)
+    return side(height), side(width)
+
+
+def impala_grid(height: int, width: int, stages: int = 3) -> tuple[int, int]:
+    """The Impala encoder's last feature map size: each stage's padded 3x3/2 max-pool halves a side, rounding up
+    (11x11 for 84x84 frames; any image of at least 1x1 fits)."""
+    for _ in range(stages):
+        height, width = conv_size(height, 3, 2, 1), conv_size(width, 3, 2, 1)
+    return height, width
+
+
+def minatar_grid(height: int, width: int) -> tuple[int, int]:
+    """The MinAtar encoder's feature map size: one unpadded 3x3 convolution, 8x8 for MinAtar's 10x10 grid."""
+    return conv_size(height, 3), conv_size(width, 3)
+
+
+class NatureEncoder(nn.Module):
+    """Mnih et al. (2015) convolutions; uint8[B, C, H, W] -> float[B, 64 * h * w] (3136 for 84x84 frames)."""
+
+    def __init__(self, in_channels: int, height: int = 84, width: int = 84):
         super().__init__()
         self.channels_last = False
         self.net = nn.Sequential(
@@ -72,10 +98,27 @@ class NatureEncoder(nn.Module):
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
             nn.Flatten(),
         )
-        self.out_features = 64 * 7 * 7
+        self.out_features = 64 * math.prod(nature_grid(height, width))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0                     # [B, C, 84, 84] in [0, 1]
+        x = obs.float() / 255.0                     # [B, C, H, W] in [0, 1]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+class MinAtarEncoder(nn.Module):
+    """Young & Tian (2019)'s MinAtar network without its head: one 3x3 convolution with 16 channels, stride 1,
+    no padding, and a ReLU; uint8[B, C, H, W] -> float[B, 16 * (H - 2) * (W - 2)] (1024 for 10x10)."""
+
+    def __init__(self, in_channels: int, height: int = 10, width: int = 10):
+        super().__init__()
+        self.channels_last = False
+        self.net = nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        self.out_features = 16 * math.prod(minatar_grid(height, width))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0                     # MinAtar's 0/1 channels arrive as uint8 0/255
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -94,15 +137,16 @@ class _Residual(nn.Module):
 class ImpalaEncoder(nn.Module):
     """Espeholt et al. (2018) residual encoder: 3 stages of conv, max-pool and two residual blocks."""
 
-    def __init__(self, in_channels: int, channels: Sequence[int] = (16, 32, 32)):
+    def __init__(self, in_channels: int, height: int = 84, width: int = 84,
+                 channels: Sequence[int] = (16, 32, 32)):
         super().__init__()
         self.channels_last = False
-        stages, c_in, size = [], in_channels, 84
+        stages, c_in = [], in_channels
         for c in channels:
             stages += [nn.Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1), _Residual(c), _Residual(c)]
-            c_in, size = c, (size + 1) // 2
+            c_in = c
         self.net = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())
-        self.out_features = c_in * size * size
+        self.out_features = c_in * math.prod(impala_grid(height, width, len(channels)))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float() / 255.0
@@ -186,20 +230,33 @@ class QNetwork(nn.Module):
                     module.reset_parameters()
 
 
+# Image encoders by name: (encoder class, the head's hidden width, the encoder's feature map size for an image).
+IMAGE_NETWORKS = {"nature_cnn": (NatureEncoder, 512, nature_grid), "impala_cnn": (ImpalaEncoder, 256, impala_grid),
+                  "minatar_cnn": (MinAtarEncoder, 128, minatar_grid)}
+VECTOR_NETWORKS = ("mlp",)
+
+
+def networks_fitting(obs_shape: Sequence[int]) -> list[str]:
+    """The image networks whose every layer has at least one output pixel for images of ``obs_shape`` [C, H, W]."""
+    return [kind for kind, (_, _, grid) in IMAGE_NETWORKS.items() if min(grid(*obs_shape[1:])) >= 1]
+
+
 def make_q_network(kind: str, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int] = (120, 84),
                    **head) -> QNetwork:
-    """Build a Q-network. ``kind``: nature_cnn | impala_cnn (frames) or mlp (vectors); ``head`` takes the
-    QNetwork options (dueling, noisy, noisy_sigma, atoms, v_min, v_max). For the MLP the last of
-    ``hidden_sizes`` is the head's hidden layer; for the CNNs it is 512 (Nature)."""
-    if kind == "nature_cnn":
-        return QNetwork(NatureEncoder(obs_shape[0]), num_actions, 512, **head)
-    if kind == "impala_cnn":
-        return QNetwork(ImpalaEncoder(obs_shape[0]), num_actions, 256, **head)
+    """Build a Q-network. ``kind``: nature_cnn | impala_cnn | minatar_cnn (images [C, H, W]) or mlp (vectors);
+    ``head`` takes the QNetwork options (dueling, noisy, noisy_sigma, atoms, v_min, v_max). For the MLP the last of
+    ``hidden_sizes`` is the head's hidden layer; for the CNNs it is 512 (Nature), 256 (Impala), 128 (MinAtar)."""
+    if kind in IMAGE_NETWORKS:
+        encoder, hidden, _ = IMAGE_NETWORKS[kind]
+        if kind not in networks_fitting(obs_shape):
+            raise ValueError(f"{kind} needs larger images than {tuple(obs_shape)}; these fit: "
+                             f"{', '.join(networks_fitting(obs_shape)) or 'none'}")
+        return QNetwork(encoder(*obs_shape), num_actions, hidden, **head)
     if kind == "mlp":
         in_features = math.prod(obs_shape)
         sizes = list(hidden_sizes) or [64]
         return QNetwork(MLPEncoder(in_features, sizes[:-1]), num_actions, sizes[-1], **head)
-    raise ValueError(f"unknown network {kind!r}; choose one of: nature_cnn, impala_cnn, mlp")
+    raise ValueError(f"unknown network {kind!r}; choose one of: {', '.join([*IMAGE_NETWORKS, *VECTOR_NETWORKS])}")
 
 
 def q_network_for(cfg, obs_shape: Sequence[int], num_actions: int) -> QNetwork:

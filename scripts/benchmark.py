@@ -107,10 +107,10 @@ def augmentation_ms(cfg: TrainConfig, obs_shape, obs_dtype) -> float | None:
     return 2e3 * timed(lambda: random_shift(obs, cfg.aug_pad), 200)
 
 
-def replay_figures(cfg: TrainConfig, steps: int, obs_shape, obs_dtype, num_actions) -> dict:
+def replay_figures(cfg: TrainConfig, steps: int, obs_shape, obs_dtype, num_actions, stack: int) -> dict:
     from agents.build import replay_spec
     from rl.replay import ReplayBuffer
-    spec = replay_spec(cfg, obs_shape, obs_dtype, num_actions, capacity=max(steps, cfg.batch_size * 4))
+    spec = replay_spec(cfg, obs_shape, obs_dtype, num_actions, stack, capacity=max(steps, cfg.batch_size * 4))
     buf = ReplayBuffer(spec)
     rng = np.random.default_rng(0)
     N = cfg.num_envs
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_rate = env_ceiling(cfg, args.env_steps)
     update_rate = learner_ceiling(cfg, args.updates, obs_shape, num_actions, obs_dtype)
     augment = augmentation_ms(cfg, obs_shape, obs_dtype)
-    replay = replay_figures(cfg, args.replay_steps, obs_shape, obs_dtype, num_actions)
+    replay = replay_figures(cfg, args.replay_steps, obs_shape, obs_dtype, num_actions, probe.frame_stack)
     e2e = end_to_end(cfg, args.fill_steps, args.train_steps)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # before Ray joins this process
     apex = (distributed_figures(cfg, args.actors, args.env_steps, args.updates, args.ray_address, obs_shape,

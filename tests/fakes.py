@@ -98,3 +98,112 @@ def random_batch(rng: np.random.Generator, size: int, obs_dim: int = 4, num_acti
     return Batch(rng.normal(size=(size, obs_dim)).astype(np.float32), rng.integers(0, num_actions, size),
                  rng.normal(size=size).astype(np.float32), np.full(size, 0.99, np.float32),
                  rng.normal(size=(size, obs_dim)).astype(np.float32), np.arange(size), np.ones(size, np.float32))
+
+
+# --- a user's package of gymnasium envs, for gym:ID and gym_packages -------------------------------------------
+
+GYM_PACKAGE = "rl_test_gym_envs"   # conftest's gym_package fixture writes GYM_PACKAGE_SOURCE under this name
+GYM_PACKAGE_SOURCE = '''\
+"""Gymnasium envs for rl-dqn's tests; importing this module registers them, as gym_packages does."""
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class Corridor(gym.Env):
+    """Cells 0..length-1, the position a Discrete observation; action 1 steps right, 0 left, and a step slips
+    the other way with probability 0.1. Reaching the last cell scores 1 and ends the episode; random play often
+    runs into the time limit first, a good policy gets there in about length steps."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, length=8, render_mode=None):
+        self.length, self.render_mode = length, render_mode
+        self.observation_space = spaces.Discrete(length)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = int(self.np_random.integers(0, 2))
+        return self.pos, {}
+
+    def step(self, action):
+        move = 1 if action == 1 else -1
+        if self.np_random.random() < 0.1:
+            move = -move
+        self.pos = min(max(self.pos + move, 0), self.length - 1)
+        done = self.pos == self.length - 1
+        return self.pos, float(done), done, False, {}
+
+    def render(self):
+        frame = np.zeros((8, 8 * self.length, 3), np.uint8)
+        frame[:, 8 * self.pos:8 * self.pos + 8] = 255
+        return frame
+
+
+class Catch(gym.Env):
+    """A ball falls down a size x size grid from a random column; the paddle on the bottom row moves left, stays
+    or moves right, and scores 1 per ball caught; a miss ends the episode. Observations are bool [H, W, 2]
+    (ball, paddle), channels last. As in MinAtar, actions are sticky (p 0.25) and the last action outlives a
+    reset, so an env reused for the next episode would not replay the same game from the same seed."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, size=7, render_mode=None):
+        self.size, self.render_mode = size, render_mode
+        self.observation_space = spaces.Box(0, 1, (size, size, 2), bool)
+        self.action_space = spaces.Discrete(3)
+        self.last_action = 1
+
+    def _obs(self):
+        obs = np.zeros((self.size, self.size, 2), bool)
+        obs[self.ball_row, self.ball_col, 0] = True
+        obs[self.size - 1, self.paddle, 1] = True
+        return obs
+
+    def _new_ball(self):
+        self.ball_row, self.ball_col = 0, int(self.np_random.integers(0, self.size))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.paddle = self.size // 2
+        self._new_ball()
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.np_random.random() < 0.25:
+            action = self.last_action
+        self.last_action = int(action)
+        self.paddle = min(max(self.paddle + self.last_action - 1, 0), self.size - 1)
+        self.ball_row += 1
+        reward, terminated = 0.0, False
+        if self.ball_row == self.size - 1:
+            if self.ball_col == self.paddle:
+                reward = 1.0
+                self._new_ball()
+            else:
+                terminated = True
+        return self._obs(), reward, terminated, False, {}
+
+    def render(self):
+        return self._obs().astype(np.float32)[..., [0, 1, 0]]     # floats in [0, 1], as MinAtar renders
+
+
+class DictObs(gym.Env):
+    """A Dict observation, which DQN here does not take."""
+
+    observation_space = spaces.Dict({"position": spaces.Discrete(3)})
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"position": 0}, {}
+
+    def step(self, action):
+        return {"position": 0}, 0.0, True, False, {}
+
+
+gym.register("RlTest/Corridor-v0", entry_point=f"{__name__}:Corridor", max_episode_steps=50)
+gym.register("RlTest/Catch-v0", entry_point=f"{__name__}:Catch", max_episode_steps=200)
+gym.register("RlTest/DictObs-v0", entry_point=f"{__name__}:DictObs")
+'''

@@ -79,7 +79,7 @@ def test_toml_writer_round_trips_any_string_and_key():
     assert tomllib.loads(dumps_toml(WEIRD)) == WEIRD
 
 
-@pytest.mark.parametrize("preset", ["breakout", "breakout-100k", "breakout-rainbow", "cartpole"])
+@pytest.mark.parametrize("preset", ["breakout", "breakout-100k", "breakout-rainbow", "cartpole", "minatar-breakout"])
 def test_every_key_of_every_preset_round_trips(preset):
     cfg, _ = base_config(preset, None)
     data = dataclasses.asdict(cfg)
@@ -99,3 +99,36 @@ def test_readme_settings_table_is_the_declarations():
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- settings-table: begin -->\n")[1].split("<!-- settings-table: end -->")[0]
     assert block == settings_table(), "README's table is stale: paste the output of python -m rl.config"
+
+
+# --- typed lists: list[int], list[str] from the type hint -------------------------------------------------
+
+def test_list_settings_take_toml_lists_of_their_item_type():
+    cfg = resolve(["--preset", "cartpole", "--gym-packages", '["json", "email.mime"]', "--hidden-sizes", "[32]"])
+    assert cfg.gym_packages == ["json", "email.mime"] and cfg.hidden_sizes == [32]
+    assert from_dict(TrainConfig, {"hidden_sizes": [64.0, 32]}).hidden_sizes == [64, 32]   # whole floats are ints
+    assert from_dict(TrainConfig, {"gym_packages": []}).gym_packages == []
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("gym_packages", "minatar", "use a list of strings such as [\"my_package\"]"),
+    ("gym_packages", [1], "use a list of strings"),
+    ("gym_packages", ["ok", None], "use a list of strings"),
+    ("hidden_sizes", [64, "64"], "use a list of whole numbers such as [64, 64]"),
+    ("hidden_sizes", [64, 1.5], "use a list of whole numbers"),
+    ("hidden_sizes", [64, True], "use a list of whole numbers"),
+    ("hidden_sizes", [64, 0], "every item must be >= 1"),
+    ("hidden_sizes", 64, "use a list of whole numbers"),
+])
+def test_list_settings_refuse_other_items_in_one_line(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        from_dict(TrainConfig, {key: value})
+    assert str(caught.value).startswith(f"{key} = {value!r} is not allowed") and "\n" not in str(caught.value)
+
+
+def test_a_bad_list_on_the_command_line_exits_2(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    code = run_cli(train_cli.main, ["--preset", "cartpole", "--gym-packages", "[1, 2]", "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "gym_packages = [1, 2] is not allowed: use a list of strings" in err[0]
+    assert not run_dir.exists()

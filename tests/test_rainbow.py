@@ -10,7 +10,7 @@ from torch import nn
 
 from agents.dqn import DQNAgent, project_distribution
 from rl.config import TrainConfig
-from rl.networks import NoisyLinear, make_q_network, random_shift
+from rl.networks import NoisyLinear, make_q_network, networks_fitting, random_shift
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec, SumTree
 from tests.fakes import random_batch
 
@@ -168,6 +168,40 @@ def test_distributional_q_is_the_expected_atom_value():
     x = torch.randn(3, 4)
     probs = net.dist(x).softmax(-1)
     torch.testing.assert_close(net(x), (probs * torch.linspace(0, 10, 11)).sum(-1))
+
+
+@pytest.mark.parametrize("kind,shape,features", [
+    ("nature_cnn", (4, 84, 84), 64 * 7 * 7), ("nature_cnn", (3, 64, 48), 64 * 4 * 2),
+    ("impala_cnn", (4, 84, 84), 32 * 11 * 11), ("impala_cnn", (4, 10, 10), 32 * 2 * 2),
+    ("minatar_cnn", (4, 10, 10), 16 * 8 * 8), ("minatar_cnn", (6, 10, 12), 16 * 8 * 10),
+])
+def test_image_encoders_size_their_output_from_the_real_image(kind, shape, features):
+    net = make_q_network(kind, shape, 3, dueling=True)
+    x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    assert net.encoder.out_features == features and net.encoder(x).shape == (2, features)
+    assert net(x).shape == (2, 3)
+
+
+def test_minatar_cnn_is_young_and_tians_network():
+    """One 3x3 convolution, 16 channels, stride 1, no padding, ReLU; a 128-unit hidden layer; the Q head. The
+    encoder reads uint8 0/255 as 0/1, the paper's float of MinAtar's bool channels."""
+    net = make_q_network("minatar_cnn", (4, 10, 10), 3)
+    conv = net.encoder.net[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == \
+        (4, 16, (3, 3), (1, 1), (0, 0))
+    hidden, q = net.advantage[0], net.advantage[2]
+    assert (hidden.in_features, hidden.out_features, q.in_features, q.out_features) == (16 * 8 * 8, 128, 128, 3)
+    x = (torch.rand(2, 4, 10, 10) < 0.2).to(torch.uint8)
+    torch.testing.assert_close(net.encoder(x * 255), torch.relu(conv(x.float())).flatten(1))
+
+
+def test_the_networks_that_fit_an_image_are_named():
+    assert networks_fitting((4, 10, 10)) == ["impala_cnn", "minatar_cnn"]
+    assert networks_fitting((4, 36, 36)) == ["nature_cnn", "impala_cnn", "minatar_cnn"]   # Nature's smallest
+    assert networks_fitting((4, 35, 84)) == ["impala_cnn", "minatar_cnn"]
+    assert networks_fitting((1, 2, 2)) == ["impala_cnn"]
+    with pytest.raises(ValueError, match="nature_cnn needs larger images than"):
+        make_q_network("nature_cnn", (4, 10, 10), 3)
 
 
 class Fixed(nn.Module):

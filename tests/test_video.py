@@ -15,8 +15,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from envs.atari import AtariEnv
-from envs.control import ControlEnv
-from envs.video import AtariCamera, ControlCamera, FilmedEnv, gif_delay_ms
+from envs.gym import GymEnv
+from envs.video import AtariCamera, FilmedEnv, GymCamera, gif_delay_ms, rgb_frame
 from rl import checkpoint as ckpt
 from rl.cli import run_cli
 from scripts import evaluate as evaluate_cli
@@ -70,8 +70,8 @@ def test_atari_rgb_twin_plays_the_same_game():
 
 @pytest.mark.parametrize("seed_offset", [0, 1], ids=["same-seeds", "other-seeds"])
 def test_control_twin_in_step_and_drift_is_caught(seed_offset):
-    env = ControlEnv("cartpole", 2, seed=3)
-    camera = ControlCamera(env.protocol, 2)
+    env = GymEnv("CartPole-v1", 2, seed=3)
+    camera = GymCamera(env.protocol, 2)
     reset = camera.reset
     camera.reset = lambda seeds, mask: reset(seeds + seed_offset, mask)
     recorder = LastFrames()
@@ -89,6 +89,38 @@ def test_control_twin_in_step_and_drift_is_caught(seed_offset):
             assert recorder.ended >= 4 and recorder.current[0].shape == (400, 600, 3)
     finally:
         filmed.close()
+
+
+def test_rendered_frames_become_sharp_uint8_rgb():
+    """MinAtar renders its 10x10 grid as floats in [0, 1], 10x10 pixels: the video gets uint8 RGB, each cell a
+    16x16 block; frames of 160 pixels or more pass unchanged."""
+    grid = np.zeros((10, 10, 3), np.float32)
+    grid[2, 3] = (1.0, 0.5, 0.0)
+    frame = rgb_frame(grid)
+    assert frame.dtype == np.uint8 and frame.shape == (160, 160, 3)
+    assert (frame[32:48, 48:64] == (255, 128, 0)).all() and frame.sum() == 16 * 16 * (255 + 128)
+    assert rgb_frame(np.full((7, 7), 9, np.uint8)).shape == (168, 168, 3)       # grey to RGB; even sides
+    big = np.random.default_rng(0).integers(0, 256, (400, 600, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(rgb_frame(big), big[..., :3])                  # alpha dropped, size kept
+
+
+def test_a_gym_image_env_is_filmed_in_training_and_by_evaluate(tmp_path, capsys, gym_package):
+    """A user's env from gym_packages (Catch renders floats on a 7x7 grid): the periodic evaluation films it,
+    and rl-evaluate, rebuilding the env from the checkpoint alone, films the games it scores."""
+    run_dir = tmp_path / "catch"
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--network", "minatar_cnn", "--env", "gym:RlTest/Catch-v0",
+                                    "--gym-packages", f'["{gym_package}"]', "--total-steps", "300",
+                                    "--learning-starts", "100", "--buffer-size", "1000", "--eval-every", "300",
+                                    "--eval-episodes", "1", "--eval-epsilon", "1.0", "--eval-video",
+                                    "--run-dir", str(run_dir), *QUIET]) == 0
+    (record,) = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    frames = iio.imread(run_dir / record["video"]["path"], plugin="FFMPEG", index=None)
+    assert frames.shape == (record["lengths"][0] + 1, 168, 168, 3) and record["video"]["fps"] == 15
+    video, out = tmp_path / "catch.gif", tmp_path / "results.json"
+    assert run_cli(evaluate_cli.main, [str(run_dir / "checkpoints" / "latest.pt"), "--episodes", "2",
+                                       "--epsilon", "1.0", "--video", str(video), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert gif_frames(video) == (sum(results["lengths"]) + 2, (168, 168))
 
 
 @pytest.fixture(scope="module")
