@@ -69,6 +69,10 @@ def count(n: int | None) -> str:
     return str(n)
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -164,9 +168,9 @@ def plot(paths: Sequence[Path], image: Path) -> int:
     except OSError as exc:
         print(f"rl-runs: error: cannot write {image}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"{image}: {len(found)} runs in {len(groups)} settings")
+    print(f"{image}: {plural(len(found), 'run')} in {plural(len(groups), 'setting')}")
     for g in groups:
-        print(f"  {g.legend}: {g.mean[-1]:.1f} at {count(int(g.step[-1]))} steps ({len(g.step)} shared evaluations)")
+        print(f"  {g.legend}: {g.mean[-1]:.1f} at {count(int(g.step[-1]))} steps ({plural(len(g.step), 'shared evaluation')})")
     return 0
 
 
