@@ -134,22 +134,6 @@ class Chunk:
     priority: np.ndarray | None = None  # float[R, E]: initial priorities of the R newest steps with an n-step future
 
 
-def cut_streams(buffer: ReplayBuffer, tail: np.ndarray) -> None:
-    """End every stream of ``buffer`` at its newest slot, as a time-limit cut bootstrapping from ``tail``.
-
-    Used when an actor was restarted: its new incarnation starts fresh episodes, so an n-step window
-    from the old episode must not run on into the new one. Touches the buffer's flag and final-frame
-    layout (rl/replay.py's module docstring) exactly as ``add`` does for a truncation.
-    """
-    if buffer.size == 0:
-        return
-    t = (buffer.cursor - 1) % buffer.slots
-    frames = buffer.newest_frame(tail)
-    for e in np.flatnonzero((buffer.flags[t] & (TERMINATED | TRUNCATED)) == 0):
-        buffer.flags[t, e] |= TRUNCATED
-        buffer.final_frames[t * buffer.num_envs + int(e)] = np.array(frames[e])
-
-
 @torch.no_grad()
 def td_priorities(agent: DQNAgent, batch: Batch) -> np.ndarray:
     """The priority the learner's update would give ``batch`` (|TD error|, or C51's cross-entropy), computed
@@ -193,7 +177,7 @@ class ReplayServer:
         spec = replay_spec(cfg, obs_shape, np.dtype(obs_dtype), num_actions, cfg.buffer_size // actors)
         self.prioritized = cfg.prioritized
         self.buffers: list[ReplayBuffer] = [make_replay(cfg, spec, seed=_seed(cfg.seed, 7, i)) for i in range(actors)]
-        self.ids_per_buffer = self.buffers[0].slots * spec.num_envs    # global index = buffer * this + local
+        self.ids_per_buffer = self.buffers[0].id_count()       # global index = buffer * this + local
         self.rng = np.random.default_rng(_seed(cfg.seed, 8))
         self.registrations = [0] * actors       # incarnations of each actor so far
         self.incarnation = [-1] * actors        # the live incarnation; chunks of older ones are dropped
@@ -212,7 +196,7 @@ class ReplayServer:
         k = self.registrations[actor]
         self.registrations[actor] += 1
         if self.tails[actor] is not None:
-            cut_streams(self.buffers[actor], self.tails[actor])
+            self.buffers[actor].cut_streams(self.tails[actor])
             self.tails[actor] = None
         self.incarnation[actor] = k
         return k
@@ -232,10 +216,7 @@ class ReplayServer:
             buffer.add(chunk.obs[k], chunk.action[k], chunk.reward[k], chunk.terminated[k], chunk.truncated[k],
                        chunk.first[k], final)
         if chunk.priority is not None:
-            # the R newest steps with an n-step future sit just behind the newest n slots
-            r, e = chunk.priority.shape
-            ts = (buffer.cursor - 1 - buffer.n - np.arange(r)[::-1]) % buffer.slots
-            buffer.update_priorities((ts[:, None] * e + np.arange(e)).ravel(), chunk.priority.ravel())
+            buffer.update_priorities(buffer.ready_ids(len(chunk.priority)), chunk.priority.ravel())
         self.tails[actor] = np.array(chunk.tail)
         self.writes[actor] += len(chunk.obs)
         self.inserted += chunk.action.size
@@ -257,10 +238,7 @@ class ReplayServer:
         return [self._sample(batch_size, beta) for _ in range(count)], self.writes.copy()
 
     def _sample(self, batch_size: int, beta: float) -> Batch:
-        if self.prioritized:
-            mass = np.array([b.tree.total for b in self.buffers])
-        else:
-            mass = np.array([len(b) for b in self.buffers], np.float64)
+        mass = np.array([b.mass() for b in self.buffers], np.float64)
         if mass.sum() <= 0:
             raise ValueError("replay buffer holds no complete transition yet")
         counts = self.rng.multinomial(batch_size, mass / mass.sum())
@@ -269,7 +247,7 @@ class ReplayServer:
             buffer = self.buffers[i]
             part = buffer.sample(int(counts[i]), beta) if self.prioritized else buffer.sample(int(counts[i]))
             if self.prioritized:
-                probs.append(buffer.tree.get(part.index) / mass.sum())                # P(j) over all buffers
+                probs.append(buffer.mass_at(part.index) / mass.sum())                 # P(j) over all buffers
             parts.append(part._replace(index=part.index + i * self.ids_per_buffer))
         batch = Batch(*(np.concatenate(field) for field in zip(*parts)))
         if self.prioritized:
@@ -286,11 +264,7 @@ class ReplayServer:
         for i in np.unique(buffer_of):
             mine = buffer_of == i
             buffer = self.buffers[i]
-            since = int(self.writes[i] - writes[i])
-            t = local[mine] // buffer.num_envs
-            cursor_then = (buffer.cursor - since) % buffer.slots
-            fresh = np.ones(len(t), bool) if since == 0 else (
-                np.zeros(len(t), bool) if since >= buffer.slots else (t - cursor_then) % buffer.slots >= since)
+            fresh = ~buffer.overwritten(local[mine], int(self.writes[i] - writes[i]))
             if fresh.any():
                 buffer.update_priorities(local[mine][fresh], priority[mine][fresh])
 
@@ -376,14 +350,11 @@ class ActorWorker:
     def _initial_priorities(self, T: int) -> np.ndarray | None:
         """Priorities of this incarnation's steps whose n-step future arrived during the chunk: steps
         j = c-n-R .. c-n-1 after c steps, R = min(T, c - n); the server aligns them the same way."""
-        n, local, E = self.cfg.n_step, self.local, self.env.num_envs
-        R = min(T, self.steps - n)
+        R = min(T, self.steps - self.cfg.n_step)
         if R <= 0:
             return None
-        j = np.arange(self.steps - n - R, self.steps - n)
-        t, env = np.repeat(j % local.slots, E), np.tile(np.arange(E), R)
-        batch = local.gather(t, env, np.ones(len(t), np.float32))    # the same n-step targets as sampling
-        return td_priorities(self.agent, batch).reshape(R, E)
+        batch = self.local.transitions(self.local.ready_ids(R))     # the same n-step targets as sampling
+        return td_priorities(self.agent, batch).reshape(R, self.env.num_envs)
 
 
 def start_workers(cfg: TrainConfig, obs_shape, obs_dtype: np.dtype, num_actions: int, actors: int) -> tuple[Any, list]:

@@ -91,7 +91,6 @@ class Trainer:
         self.episodes = 0             # full games finished
         self.wall_time = 0.0          # seconds of training, summed over resumed sessions
         self.obs = None
-        self.first = np.ones(cfg.num_envs, bool)
         self.refill_until = 0         # after a resume without replay: no updates before this step
         self.skipped_updates = 0      # updates owed while there was nothing to learn from
         self.resume_note = ""
@@ -128,7 +127,7 @@ class Trainer:
     def payload(self) -> dict[str, Any]:
         meta = {
             "step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
-            "first": self.first.tolist(), "env": self.env.state_dict(),
+            "first": self.replay.episode_starts(), "env": self.env.state_dict(),
             "refill_until": self.refill_until, "skipped_updates": self.skipped_updates,
             "agent_rng": self.agent.rng.bit_generator.state,
         }
@@ -166,7 +165,7 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
         self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
-        self.first = np.array(meta["first"], bool)
+        self.replay.restart_episodes(meta["first"])
         self.refill_until, self.skipped_updates = meta["refill_until"], meta["skipped_updates"]
         self.obs = self.env.load_state_dict(meta["env"])
         saved = self.checkpoints.load_replay(self.step)
@@ -308,8 +307,7 @@ class Trainer:
                         agent.sync_target()                         # hard sync every target_update steps
                 out = env.recv()                                    # ... to here
                 reward = np.sign(out.reward) if cfg.reward_clip else out.reward
-                replay.add(self.obs, actions, reward, out.terminated, out.truncated, self.first, out.final_obs)
-                self.first = out.episode_end
+                replay.add_step(self.obs, actions, reward, out)
                 self.obs = out.obs
                 self.step += cfg.num_envs
                 returns = [r for _, r, _ in out.finished]
