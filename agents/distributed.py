@@ -15,7 +15,7 @@ The layout, and the only new code is the moving of data between the usual pieces
                                object store every weight_sync_every updates
 
 The learner keeps the single-process schedule: one update per train_frequency agent steps collected
-(the replay ratio of the presets), a hard target sync every target_update / train_frequency updates, and
+(the replay ratio of the presets), a hard target sync every target_update agent steps, and
 actors wait while the learner owes more than one round of chunks. Exact resume is not attempted: the
 replay lives in a Ray actor (possibly on another node) and is not saved; --resume restores the learner
 (weights, optimizer, counters) and refills learning_starts steps before updating again.
@@ -41,7 +41,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("distributed training needs Ray: pip install -e '.[distributed]'") from exc
 
-from agents.build import make_replay, replay_spec
+from agents.build import make_agent, make_replay, replay_spec
 from agents.dqn import DQNAgent, resolve_device
 from agents.evaluation import evaluate_checkpoint
 from agents.policy import load_training_checkpoint
@@ -132,24 +132,6 @@ class Chunk:
     finals: dict[int, tuple[np.ndarray, np.ndarray]]  # step k -> (env rows, compact final obs) of truncations
     tail: np.ndarray         # [E, *compact obs], the observation after the last step
     priority: np.ndarray | None = None  # float[R, E]: initial priorities of the R newest steps with an n-step future
-
-
-@torch.no_grad()
-def td_priorities(agent: DQNAgent, batch: Batch) -> np.ndarray:
-    """The priority the learner's update would give ``batch`` (|TD error|, or C51's cross-entropy), computed
-    with this agent's networks: Ape-X's initial priorities, so new data need not enter at the maximum."""
-    d = agent.device
-    obs, next_obs = torch.as_tensor(batch.obs, device=d), torch.as_tensor(batch.next_obs, device=d)
-    action = torch.as_tensor(batch.action, device=d)
-    reward, discount = torch.as_tensor(batch.reward, device=d), torch.as_tensor(batch.discount, device=d)
-    if agent.cfg.distributional:
-        target = agent.distributional_target(reward, discount, next_obs)            # [B, K]
-        taken = agent.q.dist(obs).float()[torch.arange(len(action), device=d), action]
-        priority = agent.loss_fn(taken, target, reduction="none")
-    else:
-        target = agent.td_target(reward, discount, next_obs)                        # [B]
-        priority = (target - agent.q(obs).float().gather(1, action[:, None]).squeeze(1)).abs()
-    return priority.float().cpu().numpy()
 
 
 def writable_batch(batch: Batch) -> Batch:
@@ -283,8 +265,7 @@ class ActorWorker:
         seed = _seed(cfg.seed, 1 + index, self.incarnation)
         torch.manual_seed(seed)
         self.env = make_env(cfg, seed=seed)
-        self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, "cpu")
-        self.agent.rng = np.random.default_rng(seed)          # each actor its own exploration stream
+        self.agent = make_agent(cfg, self.env.obs_shape, self.env.num_actions, "cpu", seed=seed)  # own exploration
         self.epsilon = actor_epsilon_schedules(cfg, actors)[index](0)   # the learner sends the current one
         self.stack = replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions).stack
         self.version = -1                                     # learner updates behind the weights held
@@ -301,10 +282,8 @@ class ActorWorker:
         return {**_identity(), "actor": self.index, "incarnation": self.incarnation, "epsilon": self.epsilon}
 
     def set_weights(self, state: dict[str, np.ndarray], version: int) -> None:
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-        self.agent.q.load_state_dict(tensors)
-        if self.agent.target is not self.agent.q:             # initial priorities bootstrap from these weights
-            self.agent.target.load_state_dict(tensors)
+        # the target too: initial priorities bootstrap from these weights
+        self.agent.load_policy_weights({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         self.version = version
 
     def collect(self, weights: list, version: int, epsilon: float) -> dict[str, Any]:
@@ -354,7 +333,7 @@ class ActorWorker:
         if R <= 0:
             return None
         batch = self.local.transitions(self.local.ready_ids(R))     # the same n-step targets as sampling
-        return td_priorities(self.agent, batch).reshape(R, self.env.num_envs)
+        return self.agent.priorities(batch).reshape(R, self.env.num_envs)
 
 
 def start_workers(cfg: TrainConfig, obs_shape, obs_dtype: np.dtype, num_actions: int, actors: int) -> tuple[Any, list]:
@@ -376,7 +355,7 @@ def start_workers(cfg: TrainConfig, obs_shape, obs_dtype: np.dtype, num_actions:
 
 def publish_weights(agent: DQNAgent) -> Any:
     """The Q weights as host arrays in Ray's object store; actors fetch them by reference."""
-    return ray.put({k: v.detach().cpu().numpy() for k, v in agent.q.state_dict().items()})
+    return ray.put({k: v.numpy() for k, v in agent.policy_state_dict().items()})
 
 
 # --- the learner ---------------------------------------------------------------------------------
@@ -398,7 +377,7 @@ class DistributedTrainer(Trainer):
         probe = make_env(cfg, num_envs=1)                       # shapes only; the actors own the envs
         self.obs_shape, self.obs_dtype, self.num_actions = probe.obs_shape, probe.obs_dtype, probe.num_actions
         probe.close()
-        self.agent = DQNAgent(cfg, self.obs_shape, self.num_actions, self.device)
+        self.agent = make_agent(cfg, self.obs_shape, self.num_actions, self.device)
         self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
         self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.env = None
@@ -494,7 +473,6 @@ class DistributedTrainer(Trainer):
         cfg, agent = self.cfg, self.agent
         chunk_steps = cfg.actor_chunk_steps * cfg.num_envs                  # agent steps per chunk
         max_backlog = self.num_actors * chunk_steps // cfg.train_frequency  # owed updates before actors wait
-        sync_period = max(1, cfg.target_update // cfg.train_frequency)      # updates between hard target syncs
         in_flight: dict[Any, int] = {}                                      # collect() ref -> actor
         idle = set(range(self.num_actors))
         dead: set[int] = set()
@@ -505,6 +483,7 @@ class DistributedTrainer(Trainer):
         window = defaultdict(float)     # per log interval: steps and acting seconds per actor, lag, restarts
         rate = RateMeter(self.step)
         last = {"time": time.perf_counter(), "updates": agent.updates, "steps": self.step}
+        learned_to = self.step                                              # agent steps the updates have seen
         next_log = (self.step // cfg.log_every + 1) * cfg.log_every
         next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else float("inf")
@@ -597,8 +576,8 @@ class DistributedTrainer(Trainer):
                         if cfg.prioritized:
                             index.append(batch.index)
                             priority.append(metrics["priority"].float().cpu().numpy())
-                        if cfg.target == "hard" and agent.updates % sync_period == 0:
-                            agent.sync_target()
+                    agent.steps_done(learned_to, self.step)                # a hard target syncs here
+                    learned_to = self.step
                     if index:
                         self.server.update_priorities.remote(np.concatenate(index), np.concatenate(priority), writes)
                     if agent.updates - published["version"] >= cfg.weight_sync_every:

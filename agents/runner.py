@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.build import make_replay, replay_spec
-from agents.dqn import DQNAgent, resolve_device
+from agents.build import make_agent, make_replay, replay_spec
+from agents.dqn import resolve_device
 from agents.evaluation import play, protocol_line, score_line
 from agents.policy import is_policy_file, load_training_checkpoint
 from envs import is_atari, make_env
@@ -82,7 +82,7 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
         self.env = make_env(cfg)
-        self.agent = DQNAgent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
+        self.agent = make_agent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
         self.replay = make_replay(cfg, replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions),
                                   seed=cfg.seed)
         self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
@@ -129,7 +129,7 @@ class Trainer:
             "step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
             "first": self.replay.episode_starts(), "env": self.env.state_dict(),
             "refill_until": self.refill_until, "skipped_updates": self.skipped_updates,
-            "agent_rng": self.agent.rng.bit_generator.state,
+            "agent_rng": self.agent.exploration_state(),
         }
         return {"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
                 "torch_rng": torch.get_rng_state(), "meta": ckpt.encode_meta(meta)}
@@ -137,7 +137,7 @@ class Trainer:
     def check_finite(self, metrics: dict[str, float] | None = None) -> None:
         """Refuse to go on (or to save) once a loss, Q-value or weight is NaN or infinite."""
         bad = {k: v for k, v in (metrics or {}).items() if not math.isfinite(v)}
-        if not bad and not all(bool(torch.isfinite(p).all()) for p in self.agent.q.parameters()):
+        if not bad and not self.agent.weights_finite():
             bad = {"weights": float("nan")}
         if bad:
             shown = ", ".join(f"{k}={v}" for k, v in bad.items())
@@ -161,7 +161,7 @@ class Trainer:
         payload = load_training_checkpoint(self.checkpoints.latest, self.device)
         meta = ckpt.decode_meta(payload["meta"])
         self.agent.load_state_dict(payload["agent"])
-        self.agent.rng.bit_generator.state = meta["agent_rng"]
+        self.agent.load_exploration_state(meta["agent_rng"])
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
         self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
@@ -197,9 +197,7 @@ class Trainer:
     def _log_diagnostics(self, logger: Logger, metrics: dict[str, torch.Tensor]) -> None:
         """At log time only (one host copy each): histograms of Q(s, .) over the envs' current states and of
         the last update's TD errors, and how full the replay is."""
-        with torch.no_grad():
-            q = self.agent.q(torch.as_tensor(self.obs, device=self.device))
-        logger.histogram("histograms/q_values", q, self.step)
+        logger.histogram("histograms/q_values", self.agent.q_values(self.obs), self.step)
         if "td_error" in metrics:
             logger.histogram("histograms/td_error", metrics["td_error"], self.step)
         logger.scalars({"charts/replay_fill": len(self.replay) / self.cfg.buffer_size}, self.step)
@@ -257,7 +255,7 @@ class Trainer:
         logger = Logger(self.run_dir, purge_step=self.step if self.step else None)
         if self.step == 0:
             logger.text("config", "```\n" + dumps_toml(dataclasses.asdict(cfg)) + "```")
-            logger.graph(self.agent.q, torch.as_tensor(self.obs[:1], device=self.device))
+            self.agent.add_graph(logger, self.obs[:1])
         progress = Progress(cfg.total_steps, initial=self.step, disable=self.show_progress is False or None)
         self._write_status("running")
         self._clock = time.perf_counter()
@@ -302,9 +300,7 @@ class Trainer:
                             replay.update_priorities(batch.index, metrics["priority"].float().cpu().numpy())
                         else:
                             metrics = agent.update(replay.sample(cfg.batch_size))
-                    crossed = (self.step + cfg.num_envs) // cfg.target_update > self.step // cfg.target_update
-                    if cfg.target == "hard" and agent.updates > 0 and crossed:
-                        agent.sync_target()                         # hard sync every target_update steps
+                    agent.steps_done(self.step, self.step + cfg.num_envs)   # a hard target syncs here
                 out = env.recv()                                    # ... to here
                 reward = np.sign(out.reward) if cfg.reward_clip else out.reward
                 replay.add_step(self.obs, actions, reward, out)

@@ -75,10 +75,11 @@ def env_ceiling(cfg: TrainConfig, steps: int) -> float:
 def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_dtype) -> float:
     import torch
 
-    from agents.dqn import DQNAgent, resolve_device
+    from agents.build import make_agent
+    from agents.dqn import resolve_device
     from rl.replay import Batch
 
-    agent = DQNAgent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
+    agent = make_agent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
     rng = np.random.default_rng(0)
     B = cfg.batch_size
     high = 255 if obs_dtype == np.uint8 else 1
@@ -152,13 +153,14 @@ def distributed_figures(cfg: TrainConfig, actors: int, steps: int, updates: int,
     import torch
 
     from agents import distributed as dist
-    from agents.dqn import DQNAgent, resolve_device
+    from agents.build import make_agent
+    from agents.dqn import resolve_device
 
     owns_ray = dist.connect(address)
     server, workers = None, []
     try:
         server, workers = dist.start_workers(cfg, obs_shape, obs_dtype, num_actions, actors)
-        agent = DQNAgent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
+        agent = make_agent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
         weights = [dist.publish_weights(agent)]
         epsilon = [e(cfg.total_steps) for e in dist.actor_epsilon_schedules(cfg, actors)]
 

@@ -364,7 +364,7 @@ def test_actor_initial_priorities_land_on_their_transitions(distributed, ray_clu
     server = distributed.ReplayServer(cfg, (4,), np.float32, 2, actors=1)
     monkeypatch.setattr(distributed.ray, "get_actor", lambda name: LocalHandle(server, ray))
     actor = distributed.ActorWorker(cfg, 0, 1, "replay")
-    state = {k: v.numpy() for k, v in actor.agent.q.state_dict().items()}
+    state = {k: v.numpy() for k, v in actor.agent.policy_state_dict().items()}
     for _ in range(3):
         stats = actor.collect([ray.put(state)], 0, 0.4)
     assert stats["steps"] == 40
@@ -372,7 +372,7 @@ def test_actor_initial_priorities_land_on_their_transitions(distributed, ray_clu
     ready = 3 * 20 - cfg.n_step                               # steps with their 3-step future
     t, env = np.repeat(np.arange(ready), 2), np.tile(np.arange(2), ready)
     batch = buffer.gather(t, env, np.ones(len(t), np.float32))
-    expected = (distributed.td_priorities(actor.agent, batch) + cfg.priority_eps) ** cfg.priority_alpha
+    expected = (actor.agent.priorities(batch) + cfg.priority_eps) ** cfg.priority_alpha
     assert np.allclose(buffer.tree.get(t * 2 + env), expected, rtol=1e-5)
     assert (buffer.tree.get(np.arange(ready * 2, 60 * 2)) == 0).all()
 

@@ -225,7 +225,7 @@ def test_best_evaluation_keeps_its_network_as_best_pt(tmp_path, monkeypatch):
 
     def scripted_play(agent_for, cfg, **kwargs):
         results = real_play(agent_for, cfg, **kwargs)
-        snapshots.append({k: v.clone() for k, v in agent_for(None).q.state_dict().items()})
+        snapshots.append({k: v.clone() for k, v in agent_for(None).policy_state_dict().items()})
         return {**results, "mean": next(means)}
 
     monkeypatch.setattr(agents.runner, "play", scripted_play)
