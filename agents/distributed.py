@@ -31,7 +31,7 @@ import socket
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,19 +44,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from agents.build import make_agent, make_replay, replay_spec
 from agents.dqn import DQNAgent, resolve_device
 from agents.evaluation import evaluate_checkpoint
-from agents.policy import load_training_checkpoint
-from agents.runner import (
-    RunDirError,
-    StopRequested,
-    Trainer,
-    TrainingDiverged,
-    updates_due,
-)
+from agents.run import Loop, Run, RunDirError, RunOwner, TrainingDiverged, prepare_run_dir
+from agents.runner import Trainer
 from envs import is_atari, make_env
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig
-from rl.logging import Logger, Progress, RateMeter
-from rl.replay import TERMINATED, TRUNCATED, Batch, ReplayBuffer
+from rl.logging import Progress
+from rl.replay import Batch, ReplayBuffer
 from rl.schedules import LinearSchedule
 
 SAMPLE_BLOCK = 16            # batches per replay round trip; the next block is fetched while this one trains
@@ -360,16 +354,110 @@ def publish_weights(agent: DQNAgent) -> Any:
 
 # --- the learner ---------------------------------------------------------------------------------
 
-class DistributedTrainer(Trainer):
-    """The learner of an Ape-X run, in this process. The run directory, run.json, checkpoints, evaluation
-    and divergence checks are the single-process Trainer's (inherited); acting and replay live in Ray
-    actors started by :meth:`train` and stopped by :meth:`close` (also after Ctrl-C)."""
+class Fleet:
+    """The actors of a run as the learner sees them: which are collecting a chunk, idle, waiting out a
+    restart or dead for good, and how often each was restarted."""
+
+    def __init__(self, handles: list, max_restarts: int):
+        self.handles = handles                      # Ray actor handles, index = actor number
+        self.max_restarts = max_restarts
+        self.in_flight: dict[Any, int] = {}          # collect() ref -> actor
+        self.idle = set(range(len(handles)))
+        self.dead: set[int] = set()
+        self.resting: dict[int, float] = {}          # restarting actor -> when to ask it again
+        self.restarts = [0] * len(handles)           # times Ray restarted each actor (its newest incarnation seen)
+        self.failures = [0] * len(handles)           # calls that failed because the actor died
+        self.incarnations_seen: dict[int, set[int]] = defaultdict(set)
+
+    def busy(self) -> bool:
+        return bool(self.in_flight)
+
+    def submit(self, collect: Callable[[int], Any], more: Callable[[], bool]) -> None:
+        """Ask each idle, live actor that is not waiting out a restart for a chunk (``collect(i)`` returns
+        the call's ref), as long as ``more()`` allows."""
+        for i in sorted(self.idle - self.dead):
+            if self.resting.get(i, 0.0) > time.monotonic():
+                continue
+            if not more():
+                return
+            self.in_flight[collect(i)] = i
+            self.idle.discard(i)
+
+    def harvest(self, timeout: float, progress: Progress) -> list[tuple[int, dict[str, Any]]]:
+        """(actor, stats) of the chunks delivered within ``timeout`` seconds. An actor Ray is restarting is
+        asked again after RESTART_RETRY_SECONDS; a crash counts towards actor_max_restarts."""
+        if not self.in_flight:
+            time.sleep(min(timeout, RESTART_RETRY_SECONDS))     # every live actor is restarting
+            return []
+        done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
+        if done:
+            done, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)
+        delivered = []
+        for ref in done:
+            i = self.in_flight.pop(ref)
+            self.idle.add(i)
+            try:
+                stats = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                self.resting[i] = time.monotonic() + RESTART_RETRY_SECONDS  # Ray is restarting it: not a new death
+                continue
+            except ray.exceptions.RayActorError as exc:
+                self._crashed(i, exc, progress)
+                continue
+            self.incarnations_seen[i].add(stats["incarnation"])
+            self.restarts[i] = max(self.restarts[i], stats["incarnation"])
+            delivered.append((i, stats))
+        return delivered
+
+    def _crashed(self, i: int, exc: Exception, progress: Progress) -> None:
+        self.failures[i] += 1
+        if self.failures[i] <= self.max_restarts:
+            progress.write(f"rl-train: actor {i} died ({type(exc).__name__}); Ray restarts it "
+                           f"(at most {self.max_restarts} times)")
+            return
+        self.dead.add(i)
+        progress.write(f"rl-train: actor {i} died for good ({type(exc).__name__}); "
+                       f"{len(self.handles) - len(self.dead)} actors go on")
+        if len(self.dead) == len(self.handles):
+            raise RuntimeError("every actor died; see the Ray logs (ray logs cluster)") from None
+
+
+class Window:
+    """What the actors delivered since the last log: steps and acting seconds per actor, weight lag."""
+
+    def __init__(self):
+        self.values: dict[str, float] = defaultdict(float)
+
+    def add(self, i: int, stats: dict[str, Any], updates: int) -> None:
+        lag = updates - max(stats["version"], 0)        # learner updates between the chunk's weights and now
+        self.values[f"steps_{i}"] += stats["steps"]
+        self.values[f"seconds_{i}"] += stats["acting_seconds"]
+        self.values["lag"] += lag
+        self.values["lag_max"] = max(self.values["lag_max"], lag)
+        self.values["chunks"] += 1
+
+    def scalars(self, actors: int) -> dict[str, float]:
+        w, out = self.values, {}
+        for i in range(actors):
+            if w[f"seconds_{i}"] > 0:
+                out[f"distributed/actor_{i}/steps_per_s"] = w[f"steps_{i}"] / w[f"seconds_{i}"]
+        if w["chunks"]:
+            out["distributed/weight_lag_updates"] = w["lag"] / w["chunks"]
+            out["distributed/weight_lag_updates_max"] = w["lag_max"]
+        self.values.clear()
+        return out
+
+
+class DistributedTrainer(RunOwner):
+    """The learner of an Ape-X run, in this process, on the same run skeleton as the single-process Trainer
+    (agents/run.py: run directory, run.json, checkpoints, evaluation, divergence checks, the loop's tail).
+    Acting and replay live in Ray actors started by :meth:`train` and stopped by :meth:`close` (also after
+    Ctrl-C)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, actors: int, preset: str | None = None,
                  show_progress: bool | None = None, owns_ray: bool = False):
         check_config(cfg, actors)
-        self.cfg, self.run_dir, self.preset, self.show_progress = cfg, Path(run_dir), preset, show_progress
-        self.num_actors, self.owns_ray = actors, owns_ray
+        self.cfg, self.num_actors, self.owns_ray = cfg, actors, owns_ray
         self.device = resolve_device(cfg.device)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -378,59 +466,36 @@ class DistributedTrainer(Trainer):
         self.obs_shape, self.obs_dtype, self.num_actions = probe.obs_shape, probe.obs_dtype, probe.num_actions
         probe.close()
         self.agent = make_agent(cfg, self.obs_shape, self.num_actions, self.device)
+        self.run = Run(cfg, run_dir, self.agent, preset=preset, show_progress=show_progress, meta=self._meta)
         self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
-        self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
-        self.env = None
-        self.obs = np.zeros((1, *self.obs_shape), self.obs_dtype)   # example input for the network graph
-        self.step = 0                 # agent steps in the replay, all actors together
-        self.episodes = 0
-        self.wall_time = 0.0
-        self.refill_until = 0
-        self.skipped_updates = 0
-        self.resume_note = ""
-        self.replay_size = 0
-        self.actors: list = []        # Ray actor handles, index = actor number
-        self.server = None
-        self.restarts = [0] * actors  # times Ray restarted each actor (its newest incarnation seen)
-        self.failures = [0] * actors  # calls that failed because the actor died
-        self.incarnations_seen: dict[int, set[int]] = defaultdict(set)
         self.epsilons = actor_epsilon_schedules(cfg, actors)   # actor i's epsilon at agent step t: epsilons[i](t)
-        self.check_extras(cfg)
+        self.server = None                                      # the replay server's handle, once started
+        self.fleet: Fleet | None = None
+        self.replay_size = 0                                    # transitions sampleable in the replay server
+        self.metrics: dict[str, torch.Tensor] = {}              # the last update's
+        self.published: tuple[Any, int] = (None, -1)            # the weights' object ref and their update count
+        self.sample_ref = None                                  # the next block of batches, on its way
+        self.learned_to = 0                                     # agent steps the updates have seen
+        self.window = Window()
+        self.last = (0.0, 0, 0)                                 # time, updates and steps at the last log
 
-    # --- checkpoints: the learner only ------------------------------------------------------------
-    def payload(self) -> dict[str, Any]:
-        meta = {"step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
-                "refill_until": self.refill_until, "skipped_updates": self.skipped_updates,
-                "distributed": {"actors": self.num_actors, "restarts": self.restarts}}
-        return {"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
-                "torch_rng": torch.get_rng_state(), "meta": ckpt.encode_meta(meta)}
-
-    def save(self, periodic: bool = False) -> Path:
-        self.check_finite()
-        try:
-            return self.checkpoints.save(self.payload(), self.step, periodic)
-        except OSError as exc:
-            raise RunDirError(f"cannot write a checkpoint in {self.checkpoints.root}: {exc.strerror or exc}; "
-                              f"earlier checkpoints are intact") from None
+    # --- checkpoints: the learner only -----------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        restarts = self.fleet.restarts if self.fleet is not None else [0] * self.num_actors
+        return {"distributed": {"actors": self.num_actors, "restarts": restarts}}
 
     def restore(self) -> None:
         """Continue the learner from ``latest.pt`` (of a distributed or a single-process run): weights,
         optimizer, counters. The replay is not saved, so updates pause for learning_starts fresh steps."""
-        payload = load_training_checkpoint(self.checkpoints.latest, self.device)
-        meta = ckpt.decode_meta(payload["meta"])
-        self.agent.load_state_dict(payload["agent"])
-        torch.set_rng_state(payload["torch_rng"])
-        self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
-        self.skipped_updates = meta.get("skipped_updates", 0)
-        self.refill_until = self.step + self.cfg.learning_starts
-        self.resume_note = (f"distributed runs do not save their replay: refilling {self.cfg.learning_starts} "
-                            f"steps before updates resume")
+        self.run.load(self.device)
+        self.run.refill("distributed runs do not save their replay")
 
     # --- workers -------------------------------------------------------------------------------------
     def _start_workers(self, progress: Progress) -> None:
-        self.server, self.actors = start_workers(self.cfg, self.obs_shape, self.obs_dtype, self.num_actions,
-                                                 self.num_actors)
-        where = ray.get([a.identity.remote() for a in self.actors] + [self.server.identity.remote()])
+        self.server, handles = start_workers(self.cfg, self.obs_shape, self.obs_dtype, self.num_actions,
+                                             self.num_actors)
+        self.fleet = Fleet(handles, self.cfg.actor_max_restarts)
+        where = ray.get([a.identity.remote() for a in handles] + [self.server.identity.remote()])
         self._write_marker(workers=where[:-1], replay=where[-1])
         nodes = sorted({w["node"] for w in where})
         progress.write(f"rl-train: {self.num_actors} actors on {len(nodes)} node(s) ({', '.join(nodes)}), "
@@ -445,192 +510,114 @@ class DistributedTrainer(Trainer):
     def _write_marker(self, **where: Any) -> None:
         """RUN_DIR/distributed.json: this run's checkpoints hold the learner only (rl-train refuses to resume it
         without --actors), and where the workers run (pids and nodes, for the curious and for tests)."""
+        path = self.run.run_dir / MARKER
         info = {"actors": self.num_actors, "ray_address": ray.get_runtime_context().gcs_address, **where}
         try:
-            ckpt.atomic_write(self.run_dir / MARKER, lambda f: f.write(json.dumps(info, indent=1).encode()))
+            ckpt.atomic_write(path, lambda f: f.write(json.dumps(info, indent=1).encode()))
         except OSError as exc:
-            raise RunDirError(f"cannot write {self.run_dir / MARKER}: {exc.strerror or exc}") from None
+            raise RunDirError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         """Stop every actor and the replay server (and Ray, when this process started it)."""
-        for handle in [*self.actors, self.server]:
+        for handle in [*(self.fleet.handles if self.fleet is not None else []), self.server]:
             if handle is not None:
                 try:
                     ray.kill(handle, no_restart=True)
                 except Exception:   # already gone, or the cluster went away first
                     pass
-        self.actors, self.server = [], None
+        self.fleet, self.server = None, None
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
 
-    def _log_diagnostics(self, logger: Logger, metrics: dict[str, torch.Tensor]) -> None:
-        if "td_error" in metrics:
-            logger.histogram("histograms/td_error", metrics["td_error"], self.step)
-        logger.scalars({"charts/replay_fill": self.replay_size / self.cfg.buffer_size}, self.step)
-
     # --- the loop --------------------------------------------------------------------------------------
-    def _loop(self, stop_at: int | None, logger: Logger, progress: Progress) -> str:
-        cfg, agent = self.cfg, self.agent
-        chunk_steps = cfg.actor_chunk_steps * cfg.num_envs                  # agent steps per chunk
-        max_backlog = self.num_actors * chunk_steps // cfg.train_frequency  # owed updates before actors wait
-        in_flight: dict[Any, int] = {}                                      # collect() ref -> actor
-        idle = set(range(self.num_actors))
-        dead: set[int] = set()
-        resting: dict[int, float] = {}                                      # restarting actor -> retry time
-        published = {"ref": None, "version": -1}
-        sample_ref = None
-        metrics: dict[str, torch.Tensor] = {}
-        window = defaultdict(float)     # per log interval: steps and acting seconds per actor, lag, restarts
-        rate = RateMeter(self.step)
-        last = {"time": time.perf_counter(), "updates": agent.updates, "steps": self.step}
-        learned_to = self.step                                              # agent steps the updates have seen
-        next_log = (self.step // cfg.log_every + 1) * cfg.log_every
-        next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else float("inf")
-        status = "finished"
+    def train(self, stop_at: int | None = None) -> str:
+        """Start the workers and learn until total_steps, a stop request, ``stop_at`` or ``target_return``."""
+        return self.run.train(self._loop, stop_at, np.zeros((1, *self.obs_shape), self.obs_dtype))
 
-        def publish() -> None:
-            published.update(ref=publish_weights(agent), version=agent.updates)
-
-        def owed() -> int:
-            """Updates the schedule asks for now; while there is nothing to learn from they are forgiven."""
-            due = updates_due(self.step, cfg) - self.skipped_updates
-            if self.step < self.refill_until or self.replay_size < cfg.batch_size:
-                self.skipped_updates += max(0, due - agent.updates)
-                return 0
-            return max(0, due - agent.updates)
-
-        def submit() -> None:
-            for i in sorted(idle - dead):
-                if resting.get(i, 0.0) > time.monotonic():
-                    continue
-                coming = self.step + len(in_flight) * chunk_steps
-                if coming >= cfg.total_steps or owed() > max_backlog:
-                    return
-                in_flight[self.actors[i].collect.remote([published["ref"]], published["version"],
-                                                        self.epsilons[i](self.step))] = i
-                idle.discard(i)
-
-        def harvest(timeout: float) -> None:
-            if not in_flight:
-                time.sleep(min(timeout, RESTART_RETRY_SECONDS))     # every live actor is restarting
-                return
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
-            if done:
-                done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
-            for ref in done:
-                i = in_flight.pop(ref)
-                idle.add(i)
-                try:
-                    stats = ray.get(ref)
-                except ray.exceptions.ActorUnavailableError:
-                    resting[i] = time.monotonic() + RESTART_RETRY_SECONDS  # Ray is restarting it: not a new death
-                    continue
-                except ray.exceptions.RayActorError as exc:
-                    self.failures[i] += 1
-                    if self.failures[i] > cfg.actor_max_restarts:
-                        dead.add(i)
-                        progress.write(f"rl-train: actor {i} died for good ({type(exc).__name__}); "
-                                       f"{self.num_actors - len(dead)} actors go on")
-                        if len(dead) == self.num_actors:
-                            raise RuntimeError("every actor died; see the Ray logs (ray logs cluster)") from None
-                    else:
-                        progress.write(f"rl-train: actor {i} died ({type(exc).__name__}); Ray restarts it "
-                                       f"(at most {cfg.actor_max_restarts} times)")
-                    continue
-                self.incarnations_seen[i].add(stats["incarnation"])
-                self.restarts[i] = max(self.restarts[i], stats["incarnation"])
-                self.step += stats["steps"]
-                self.replay_size = stats["replay_size"]
-                window[f"steps_{i}"] += stats["steps"]
-                window[f"seconds_{i}"] += stats["acting_seconds"]
-                window["lag"] += agent.updates - max(stats["version"], 0)
-                window["lag_max"] = max(window["lag_max"], agent.updates - max(stats["version"], 0))
-                window["chunks"] += 1
-                for ret, length in stats["finished"]:
-                    self.episodes += 1
-                    logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length,
-                                    f"distributed/actor_{i}/episodic_return": ret}, self.step)
-                progress.update(stats["steps"], [ret for ret, _ in stats["finished"]])
-
+    def _loop(self, loop: Loop) -> str:
         self._write_marker()
-        with StopRequested() as stop:        # a Ctrl-C while the actors start stops the run cleanly too
-            self._start_workers(progress)
-            publish()
-            while True:
-                harvest(0)
-                submit()
-                lr = agent.set_step(self.step)
-                todo = owed()
-                if todo > 0:
-                    beta = self.beta(self.step)
-                    if sample_ref is None:
-                        sample_ref = self.server.sample.remote(cfg.batch_size, beta, min(todo, SAMPLE_BLOCK))
-                    batches, writes = ray.get(sample_ref)
-                    rest = todo - len(batches)
-                    sample_ref = (self.server.sample.remote(cfg.batch_size, beta, min(rest, SAMPLE_BLOCK))
-                                  if rest > 0 else None)                          # fetched while these train
-                    index, priority = [], []
-                    for batch in batches:
-                        metrics = agent.update(writable_batch(batch))
-                        if cfg.prioritized:
-                            index.append(batch.index)
-                            priority.append(metrics["priority"].float().cpu().numpy())
-                    agent.steps_done(learned_to, self.step)                # a hard target syncs here
-                    learned_to = self.step
-                    if index:
-                        self.server.update_priorities.remote(np.concatenate(index), np.concatenate(priority), writes)
-                    if agent.updates - published["version"] >= cfg.weight_sync_every:
-                        publish()
-                elif self.step >= cfg.total_steps and not in_flight:
-                    break
-                else:
-                    harvest(WAIT_SECONDS)           # the learner is ahead: wait for data
+        self._start_workers(loop.progress)
+        self.learned_to, self.last = self.run.step, (time.perf_counter(), self.agent.updates, self.run.step)
+        self._publish()
+        while True:
+            self._take(loop, self.fleet.harvest(0, loop.progress))
+            self.fleet.submit(self._collect, self._room_for_more)
+            lr = self.agent.set_step(self.run.step)
+            todo = self._owed()
+            if todo > 0:
+                self._learn(todo)
+            elif self.run.step >= self.cfg.total_steps and not self.fleet.busy():
+                return "finished"
+            else:
+                self._take(loop, self.fleet.harvest(WAIT_SECONDS, loop.progress))   # ahead: wait for data
+            status = loop.end_of_step(lambda: self._log(loop, lr))
+            if status is not None:
+                return status
 
-                if self.step >= next_log:
-                    next_log = (self.step // cfg.log_every + 1) * cfg.log_every
-                    now = time.perf_counter()
-                    dt = max(now - last["time"], 1e-9)
-                    updates = agent.updates - last["updates"]
-                    values = {"charts/learning_rate": lr, "charts/SPS": rate(self.step),
-                              "charts/episodes": self.episodes, "charts/replay_size": self.replay_size,
-                              "charts/updates": agent.updates,
-                              "distributed/updates_per_s": updates / dt,
-                              "distributed/replay_insert_per_s": (self.step - last["steps"]) / dt,
-                              "distributed/replay_sample_per_s": updates * cfg.batch_size / dt,
-                              "distributed/actor_restarts": sum(self.restarts)}
-                    values.update({f"distributed/actor_{i}/epsilon": e(self.step) for i, e in enumerate(self.epsilons)})
-                    for i in range(self.num_actors):
-                        if window[f"seconds_{i}"] > 0:
-                            values[f"distributed/actor_{i}/steps_per_s"] = window[f"steps_{i}"] / window[f"seconds_{i}"]
-                    if window["chunks"]:
-                        values["distributed/weight_lag_updates"] = window["lag"] / window["chunks"]
-                        values["distributed/weight_lag_updates_max"] = window["lag_max"]
-                    if metrics:
-                        host = {k: v.item() for k, v in metrics.items() if v.dim() == 0}
-                        self.check_finite(host)
-                        values.update({f"losses/{k}": v for k, v in host.items()})
-                    logger.scalars(values, self.step)
-                    self._log_diagnostics(logger, metrics)
-                    window.clear()
-                    last.update(time=now, updates=agent.updates, steps=self.step)
-                if self.step >= next_eval:
-                    next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every
-                    paused = time.perf_counter()
-                    results = self.evaluate(logger, progress)
-                    rate.last_time += time.perf_counter() - paused
-                    if self.reached_target(results):
-                        status = "solved"
-                        break
-                if self.step >= next_checkpoint:
-                    next_checkpoint = (self.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                    self._tick()
-                    self.save(periodic=True)
-                    self._write_status("running")
-                if stop.requested or (stop_at is not None and stop_at <= self.step < cfg.total_steps):
-                    status = "stopped"
-                    break
-        return status
+    def _owed(self) -> int:
+        return 0 if self.run.pause_learning(self.replay_size) else self.run.updates_owed()
+
+    def _room_for_more(self) -> bool:
+        """Whether another chunk is wanted: the run needs the steps, and the learner owes at most a round of
+        chunks' worth of updates (else the actors wait for it)."""
+        chunk_steps = self.cfg.actor_chunk_steps * self.cfg.num_envs                   # agent steps per chunk
+        coming = self.run.step + len(self.fleet.in_flight) * chunk_steps
+        return coming < self.cfg.total_steps and self._owed() <= self.num_actors * chunk_steps // self.cfg.train_frequency
+
+    def _collect(self, i: int) -> Any:
+        ref, version = self.published
+        return self.fleet.handles[i].collect.remote([ref], version, self.epsilons[i](self.run.step))
+
+    def _publish(self) -> None:
+        self.published = (publish_weights(self.agent), self.agent.updates)
+
+    def _take(self, loop: Loop, delivered: list[tuple[int, dict[str, Any]]]) -> None:
+        """Count the chunks the actors delivered, and the games that ended in them."""
+        for i, stats in delivered:
+            self.replay_size = stats["replay_size"]
+            loop.record(stats["steps"], stats["finished"], actor=i)
+            self.window.add(i, stats, self.agent.updates)
+
+    def _learn(self, todo: int) -> None:
+        """``todo`` updates on batches sampled from the replay server, SAMPLE_BLOCK per round trip (the next
+        block is fetched while this one trains); priorities go back, weights out every weight_sync_every."""
+        cfg, agent = self.cfg, self.agent
+        beta = self.beta(self.run.step)
+        if self.sample_ref is None:
+            self.sample_ref = self.server.sample.remote(cfg.batch_size, beta, min(todo, SAMPLE_BLOCK))
+        batches, writes = ray.get(self.sample_ref)
+        rest = todo - len(batches)
+        self.sample_ref = (self.server.sample.remote(cfg.batch_size, beta, min(rest, SAMPLE_BLOCK))
+                           if rest > 0 else None)
+        index, priority = [], []
+        for batch in batches:
+            self.metrics = agent.update(writable_batch(batch))
+            if cfg.prioritized:
+                index.append(batch.index)
+                priority.append(self.metrics["priority"].float().cpu().numpy())
+        agent.steps_done(self.learned_to, self.run.step)                # a hard target syncs here
+        self.learned_to = self.run.step
+        if index:
+            self.server.update_priorities.remote(np.concatenate(index), np.concatenate(priority), writes)
+        if agent.updates - self.published[1] >= cfg.weight_sync_every:
+            self._publish()
+
+    def _log(self, loop: Loop, lr: float) -> None:
+        run, agent = self.run, self.agent
+        now = time.perf_counter()
+        dt = max(now - self.last[0], 1e-9)
+        updates = agent.updates - self.last[1]
+        values = {"charts/learning_rate": lr, "charts/SPS": loop.rate(run.step),
+                  "charts/episodes": run.episodes, "charts/replay_size": self.replay_size,
+                  "charts/updates": agent.updates,
+                  "distributed/updates_per_s": updates / dt,
+                  "distributed/replay_insert_per_s": (run.step - self.last[2]) / dt,
+                  "distributed/replay_sample_per_s": updates * self.cfg.batch_size / dt,
+                  "distributed/actor_restarts": sum(self.fleet.restarts),
+                  **{f"distributed/actor_{i}/epsilon": e(run.step) for i, e in enumerate(self.epsilons)},
+                  **self.window.scalars(self.num_actors)}
+        loop.log(values, self.metrics, self.replay_size)
+        self.last = (now, agent.updates, run.step)
 
 
 # --- sweeps: one single-process run per Ray task ----------------------------------------------------
@@ -647,7 +634,7 @@ def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, thr
     run_dir_ = Path(run_dir)
     result: dict[str, Any] = {"name": name, "seed": cfg.seed, "run_dir": run_dir, "host": socket.gethostname()}
     try:
-        Trainer.prepare_run_dir(run_dir_, cfg, preset)
+        prepare_run_dir(run_dir_, cfg, preset)
         trainer = Trainer(cfg, run_dir_, preset=preset, show_progress=False)
         try:
             result["status"] = trainer.train()

@@ -19,9 +19,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from agents.run import prepare_run_dir
 from rl import checkpoint as ckpt
 from rl.cli import run_cli
 from rl.config import TrainConfig, from_dict, load_preset, validate_train
+from rl.replay import TERMINATED, TRUNCATED
 from scripts import sweep as sweep_cli
 from scripts import train as train_cli
 
@@ -270,7 +272,7 @@ def test_replay_server_never_mixes_actors_and_cuts_streams_at_a_restart(distribu
     server.add(0, old.incarnation, old.chunk(distributed, 10))
     assert server.dropped == 1 and server.size() == size
     flags = server.buffers[0].flags[last_t]
-    assert ((flags & (distributed.TERMINATED | distributed.TRUNCATED)) != 0).all()   # the open streams were cut
+    assert ((flags & (TERMINATED | TRUNCATED)) != 0).all()                         # the open streams were cut
     for round_ in range(2):
         for fake in actors:
             server.add(fake.actor, fake.incarnation, fake.chunk(distributed, 10))
@@ -387,7 +389,7 @@ def test_too_small_a_replay_for_the_actors_is_one_line(distributed, tmp_path, ca
 
 def make_trainer(distributed, tmp_path, cfg, actors=2, name="run"):
     run_dir = tmp_path / name
-    distributed.DistributedTrainer.prepare_run_dir(run_dir, cfg, "cartpole")
+    prepare_run_dir(run_dir, cfg, "cartpole")
     return distributed.DistributedTrainer(cfg, run_dir, actors=actors, preset="cartpole", show_progress=False)
 
 
@@ -454,9 +456,9 @@ def test_killed_actor_is_restarted_and_training_goes_on(distributed, ray_cluster
         while trainer.step < 2_500 and time.monotonic() < deadline:
             time.sleep(0.02)
         seen["killed_at"] = trainer.step
-        ray.kill(trainer.actors[0], no_restart=False)        # a crash, as far as Ray can tell
+        ray.kill(trainer.fleet.handles[0], no_restart=False)        # a crash, as far as Ray can tell
         deadline = time.monotonic() + 120
-        while 1 not in trainer.incarnations_seen[0] and time.monotonic() < deadline:
+        while 1 not in trainer.fleet.incarnations_seen[0] and time.monotonic() < deadline:
             time.sleep(0.05)
         seen["restarted_by"] = trainer.step
         os.kill(os.getpid(), signal.SIGINT)                   # Ctrl-C: the loop stops after this step
@@ -466,13 +468,14 @@ def test_killed_actor_is_restarted_and_training_goes_on(distributed, ray_cluster
     try:
         status = trainer.train()
         killer.join(5)
-        alive = ray.get(trainer.actors[0].identity.remote(), timeout=60)
+        alive = ray.get(trainer.fleet.handles[0].identity.remote(), timeout=60)
+        fleet = trainer.fleet
     finally:
         trainer.close()
     assert status == "stopped" and seen["killed_at"] >= 2_500
     assert seen["killed_at"] < seen["restarted_by"] <= trainer.step < cfg.total_steps
-    assert alive["incarnation"] == 1 and trainer.restarts[0] >= 1
-    assert trainer.incarnations_seen[0] == {0, 1}                   # chunks before and after the restart
+    assert alive["incarnation"] == 1 and fleet.restarts[0] >= 1
+    assert fleet.incarnations_seen[0] == {0, 1}                   # chunks before and after the restart
     owed = (trainer.step - cfg.learning_starts) // cfg.train_frequency - trainer.agent.updates
     assert 0 <= owed <= 2 * 2 * cfg.actor_chunk_steps * cfg.num_envs // cfg.train_frequency, owed
 

@@ -152,7 +152,8 @@ def test_overlapped_training_stores_exactly_what_the_env_produced(tmp_path):
 def test_overlap_adds_no_policy_lag(tmp_path):
     """Each action is chosen after every update due so far has run: the same weights a serial
     act -> step -> update loop would act with, however the updates overlap the emulators."""
-    from agents.runner import Trainer, updates_due
+    from agents.run import updates_due
+    from agents.runner import Trainer
     from rl.config import validate_train
 
     cfg = validate_train(TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32], num_envs=2, total_steps=600,
