@@ -88,7 +88,8 @@ def distributed_trainer(args, cfg: TrainConfig):
     """--actors N: check the layout, connect to Ray (imported only on this path) and return the trainer class."""
     import functools
 
-    from agents.distributed import DistributedTrainer, check_config, connect
+    from agents.distributed.cluster import check_config, connect
+    from agents.distributed.learner import DistributedTrainer
     check_config(cfg, args.actors)
     return functools.partial(DistributedTrainer, actors=args.actors, owns_ray=connect(args.ray_address))
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stop_at is not None and args.stop_at < 1:
         raise ConfigError(f"--stop-at {args.stop_at} is not allowed: must be >= 1")
     check_distributed_flags(args)
-    # distributed.json marks a run whose checkpoints hold the learner only (agents/distributed.py)
+    # distributed.json marks a run whose checkpoints hold the learner only (agents/distributed/learner.py)
     if args.resume is not None and args.actors is None and (args.resume / "distributed.json").exists():
         raise ConfigError(f"--resume {args.resume}: this run was trained with --actors; resume it with --actors N")
     cfg, preset, run_dir = resolve_config(args)

@@ -12,3 +12,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray with 2 CPUs for a test module; the module's tests are skipped without the distributed extra."""
+    from tests.support import NO_RAY
+    ray = pytest.importorskip("ray", reason=NO_RAY)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             logging_level="WARNING", log_to_driver=False)
+    yield ray
+    ray.shutdown()
