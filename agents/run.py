@@ -191,8 +191,9 @@ class Run:
                               f"earlier checkpoints are intact") from None
 
     def load(self, device: torch.device) -> dict[str, Any]:
-        """Continue from ``latest.pt``: the agent (weights, optimizer, updates), torch's RNG and the run's
-        counters. Returns the checkpoint's meta for the owner's own part."""
+        """Continue from ``latest.pt``: the agent (weights, optimizer, updates), torch's RNG, the run's counters
+        and the run's replay where one was saved with it (else learning pauses for a refill). Returns the
+        checkpoint's meta for the owner's own part."""
         payload = load_training_checkpoint(self.checkpoints.latest, device)
         meta = ckpt.decode_meta(payload["meta"])
         self.agent.load_state_dict(payload["agent"])
@@ -200,10 +201,17 @@ class Run:
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
         self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
         self.refill_until, self.skipped_updates = meta.get("refill_until", 0), meta.get("skipped_updates", 0)
+        if self.replay is not None:
+            saved = self.checkpoints.load_replay(self.step)
+            if saved is None:
+                self.refill("no replay saved with this checkpoint")
+            else:
+                self.replay.load_state_dict(saved)
+                self.resume_note = f"replay restored ({len(self.replay)} transitions)"
         return meta
 
     def refill(self, why: str) -> None:
-        """Resumed without the replay: learning pauses until learning_starts fresh steps refill it."""
+        """Resumed without the replay (``why``): learning pauses until learning_starts fresh steps refill it."""
         self.refill_until = self.step + self.cfg.learning_starts
         self.resume_note = f"{why}: refilling {self.cfg.learning_starts} steps before updates resume"
 

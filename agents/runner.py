@@ -46,17 +46,11 @@ class Trainer(RunOwner):
                 "agent_rng": self.agent.exploration_state()}
 
     def restore(self) -> None:
-        """Continue from ``latest.pt``: weights, optimizer, counters, RNGs, env state and replay."""
+        """Continue from ``latest.pt``: weights, optimizer, counters, RNGs, replay and env state."""
         meta = self.run.load(self.device)
         self.agent.load_exploration_state(meta["agent_rng"])
         self.replay.restart_episodes(meta["first"])
         self.obs = self.env.load_state_dict(meta["env"])
-        saved = self.run.checkpoints.load_replay(self.run.step)
-        if saved is not None:
-            self.replay.load_state_dict(saved)
-            self.run.resume_note = f"replay restored ({len(self.replay)} transitions)"
-        else:
-            self.run.refill("no replay saved with this checkpoint")
 
     # --- the loop -------------------------------------------------------------------------
     def train(self, stop_at: int | None = None) -> str:
