@@ -1,9 +1,16 @@
 """The DQN agent: ``act`` for training and evaluation alike, ``update`` for one gradient step.
 
 Rainbow's pieces are config switches on this one agent (double, dueling, noisy, distributional,
-n-step and prioritized replay through the batch, augmentation, target mode). Collaborators are
-built here from the config, the optimizer and loss only through :mod:`rl.registry`. Replay and
-environment live outside: the agent sees numpy batches.
+n-step and prioritized replay through the batch, augmentation, target mode). Its online network,
+optimizer and loss come in from agents.build.make_agent (the optimizer and loss only through
+:mod:`rl.registry`). Replay and environment live outside: the agent sees numpy batches.
+
+What callers use, so that none reaches into the networks or the RNG: ``act`` / ``greedy`` and
+``player(seed)`` (an acting copy for evaluation), ``update`` and ``priorities`` (one TD computation),
+``set_step`` and ``steps_done`` (the schedules and the hard target sync), ``policy_state_dict`` /
+``load_policy_weights`` (weights for acting copies elsewhere), ``state_dict`` / ``load_state_dict`` and
+``exploration_state`` / ``load_exploration_state`` (checkpoints), ``q_values``, ``add_graph`` and
+``weights_finite`` (diagnostics).
 """
 from __future__ import annotations
 

@@ -22,12 +22,12 @@ def test_submit_asks_idle_live_rested_actors_while_more_is_wanted():
     fleet.dead.add(1)
     fleet.resting[2] = time.monotonic() + 60                        # waiting out a restart
     asked = []
-    fleet.submit(lambda i: asked.append(i) or f"ref{i}", more=lambda: True)
-    assert asked == [0, 3] and fleet.in_flight == {"ref0": 0, "ref3": 3} and fleet.busy()
+    fleet.submit(lambda handle, i: asked.append(handle) or f"ref{i}", more=lambda: True)
+    assert asked == ["a0", "a3"] and fleet.in_flight == {"ref0": 0, "ref3": 3} and fleet.in_flight_count() == 2
     fleet.idle.update({0, 3})
     fleet.in_flight.clear()
-    fleet.submit(lambda i: asked.append(i) or f"ref{i}", more=lambda: len(asked) < 3)
-    assert asked == [0, 3, 0] and fleet.idle == {1, 2, 3}               # 1 dead, 2 resting, 3 not wanted
+    fleet.submit(lambda handle, i: asked.append(handle) or f"ref{i}", more=lambda: len(asked) < 3)
+    assert asked == ["a0", "a3", "a0"] and fleet.idle == {1, 2, 3}               # 1 dead, 2 resting, 3 not wanted
 
 
 def test_harvest_returns_delivered_chunks_and_counts_incarnations(ray_cluster):
@@ -38,10 +38,10 @@ def test_harvest_returns_delivered_chunks_and_counts_incarnations(ray_cluster):
         return {"actor": i, "incarnation": incarnation, "steps": 8}
 
     fleet = Fleet(["a0", "a1"], max_restarts=1)
-    fleet.submit(lambda i: chunk.remote(i, i), more=lambda: True)
+    fleet.submit(lambda handle, i: chunk.remote(i, i), more=lambda: True)
     delivered = []
     deadline = time.monotonic() + 60
-    while fleet.busy() and time.monotonic() < deadline:
+    while fleet.in_flight_count() and time.monotonic() < deadline:
         delivered += fleet.harvest(1.0, Quiet())
     assert sorted(i for i, _ in delivered) == [0, 1] and fleet.idle == {0, 1}
     assert fleet.restarts == [0, 1] and fleet.incarnations_seen == {0: {0}, 1: {1}}

@@ -49,18 +49,19 @@ class Fleet:
         self.failures = [0] * len(handles)           # calls that failed because the actor died
         self.incarnations_seen: dict[int, set[int]] = defaultdict(set)
 
-    def busy(self) -> bool:
-        return bool(self.in_flight)
+    def in_flight_count(self) -> int:
+        """Chunks asked for and not yet harvested."""
+        return len(self.in_flight)
 
-    def submit(self, collect: Callable[[int], Any], more: Callable[[], bool]) -> None:
-        """Ask each idle, live actor that is not waiting out a restart for a chunk (``collect(i)`` returns
-        the call's ref), as long as ``more()`` allows."""
+    def submit(self, collect: Callable[[Any, int], Any], more: Callable[[], bool]) -> None:
+        """Ask each idle, live actor that is not waiting out a restart for a chunk (``collect(handle, i)``
+        returns the call's ref), as long as ``more()`` allows."""
         for i in sorted(self.idle - self.dead):
             if self.resting.get(i, 0.0) > time.monotonic():
                 continue
             if not more():
                 return
-            self.in_flight[collect(i)] = i
+            self.in_flight[collect(self.handles[i], i)] = i
             self.idle.discard(i)
 
     def harvest(self, timeout: float, progress: Progress) -> list[tuple[int, dict[str, Any]]]:

@@ -152,7 +152,7 @@ class DistributedTrainer(RunOwner):
             todo = self._owed()
             if todo > 0:
                 self._learn(todo)
-            elif self.run.step >= self.cfg.total_steps and not self.fleet.busy():
+            elif self.run.step >= self.cfg.total_steps and not self.fleet.in_flight_count():
                 return "finished"
             else:
                 self._take(loop, self.fleet.harvest(WAIT_SECONDS, loop.progress))   # ahead: wait for data
@@ -167,12 +167,12 @@ class DistributedTrainer(RunOwner):
         """Whether another chunk is wanted: the run needs the steps, and the learner owes at most a round of
         chunks' worth of updates (else the actors wait for it)."""
         chunk_steps = self.cfg.actor_chunk_steps * self.cfg.num_envs                   # agent steps per chunk
-        coming = self.run.step + len(self.fleet.in_flight) * chunk_steps
+        coming = self.run.step + self.fleet.in_flight_count() * chunk_steps
         return coming < self.cfg.total_steps and self._owed() <= self.num_actors * chunk_steps // self.cfg.train_frequency
 
-    def _collect(self, i: int) -> Any:
+    def _collect(self, actor: Any, i: int) -> Any:
         ref, version = self.published
-        return self.fleet.handles[i].collect.remote([ref], version, self.epsilons[i](self.run.step))
+        return actor.collect.remote([ref], version, self.epsilons[i](self.run.step))
 
     def _publish(self) -> None:
         self.published = (publish_weights(self.agent), self.agent.updates)
