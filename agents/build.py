@@ -1,14 +1,20 @@
-"""A training setup assembled from its config in one place: the fully validated config, and the replay
-memory for an env's observations. The single-process trainer, the distributed replay server and actors,
-and rl-bench all build theirs here, so they cannot disagree on a rule or a stack size."""
+"""A training setup assembled from its config in one place: the fully validated config, the replay memory
+for an env's observations, and the agent from its parts. The single-process trainer, the distributed
+replay server, learner and actors, evaluation and rl-bench all build theirs here, so they cannot disagree
+on a rule, a stack size or how a network is made."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
+from agents.dqn import DQNAgent
 from envs import check_config
 from rl.config import TrainConfig, validate_train
+from rl.networks import q_network_for, use_channels_last
+from rl.registry import make_loss, make_optimizer
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
 
 
@@ -34,3 +40,22 @@ def make_replay(cfg: TrainConfig, spec: ReplaySpec, seed: int) -> ReplayBuffer:
     if cfg.prioritized:
         return PrioritizedReplayBuffer(spec, seed=seed, alpha=cfg.priority_alpha, eps=cfg.priority_eps)
     return ReplayBuffer(spec, seed=seed)
+
+
+def q_network(cfg: TrainConfig, obs_shape: Sequence[int], num_actions: int,
+              device: torch.device | str = "cpu") -> nn.Module:
+    """The online Q-network ``cfg`` describes (rl.networks), on ``device``, channels-last where asked; its
+    weights are what checkpoints, policy files and behaviour clones hold."""
+    q = q_network_for(cfg, tuple(obs_shape), num_actions).to(device)
+    if cfg.channels_last and len(obs_shape) == 3:
+        use_channels_last(q)
+    return q
+
+
+def make_agent(cfg: TrainConfig, obs_shape: Sequence[int], num_actions: int, device: torch.device | str = "cpu",
+               *, seed: int | None = None) -> DQNAgent:
+    """The DQN agent from its parts: the online network, the optimizer over its weights and the loss (both
+    from rl.registry); ``seed`` starts its exploration RNG (default: cfg.seed)."""
+    q = q_network(cfg, obs_shape, num_actions, device)
+    optimizer = make_optimizer(cfg.optimizer, q.parameters(), {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
+    return DQNAgent(cfg, q, optimizer, make_loss(cfg.loss), num_actions=num_actions, device=device, seed=seed)

@@ -1,19 +1,28 @@
 """The DQN agent: ``act`` for training and evaluation alike, ``update`` for one gradient step.
 
 Rainbow's pieces are config switches on this one agent (double, dueling, noisy, distributional,
-n-step and prioritized replay through the batch, augmentation, target mode). Collaborators are
-built here from the config, the optimizer and loss only through :mod:`rl.registry`. Replay and
-environment live outside: the agent sees numpy batches.
+n-step and prioritized replay through the batch, augmentation, target mode). Its online network,
+optimizer and loss come in from agents.build.make_agent (the optimizer and loss only through
+:mod:`rl.registry`). Replay and environment live outside: the agent sees numpy batches.
+
+What callers use, so that none reaches into the networks or the RNG: ``act`` / ``greedy`` and
+``player(seed)`` (an acting copy for evaluation), ``update`` and ``priorities`` (one TD computation),
+``set_step`` and ``steps_done`` (the schedules and the hard target sync), ``policy_state_dict`` /
+``load_policy_weights`` (weights for acting copies elsewhere), ``state_dict`` / ``load_state_dict`` and
+``exploration_state`` / ``load_exploration_state`` (checkpoints), ``q_values``, ``add_graph`` and
+``weights_finite`` (diagnostics).
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from rl.config import ConfigError, TrainConfig
-from rl.networks import frozen_copy, q_network_for, random_shift, sync_target, use_channels_last
-from rl.registry import make_loss, make_optimizer
+from rl.networks import frozen_copy, random_shift, sync_target
 from rl.replay import Batch
 from rl.schedules import LinearSchedule
 
@@ -70,45 +79,23 @@ def weights_played(cfg: TrainConfig) -> str:
     return "online" if cfg.eval_ema == 0 else f"average (eval_ema {cfg.eval_ema:g})"
 
 
-class DQNAgent:
-    def __init__(self, cfg: TrainConfig, obs_shape: tuple[int, ...], num_actions: int,
-                 device: torch.device | str = "cpu"):
-        self.cfg = cfg
-        self.device = torch.device(device)
-        self.num_actions = num_actions
-        self.q: nn.Module = q_network_for(cfg, obs_shape, num_actions).to(self.device)
-        if cfg.channels_last and len(obs_shape) == 3:
-            use_channels_last(self.q)
-        self.target = self.q if cfg.target == "none" else frozen_copy(self.q)
-        # The average plays evaluations only; learning never reads it, so keeping one leaves training unchanged.
-        self.average: nn.Module | None = frozen_copy(self.q) if cfg.eval_ema > 0 else None
-        if cfg.compile:  # in place, so state_dict keys (and checkpoints) are the same as without it
-            for net in {id(self.q): self.q, id(self.target): self.target}.values():
-                net.encoder.compile()
-        self.optimizer = make_optimizer(cfg.optimizer, self.q.parameters(),
-                                        {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
-        self.loss_fn = make_loss(cfg.loss)
-        self.epsilon = LinearSchedule(cfg.epsilon_start, cfg.epsilon_end,
-                                      int(cfg.exploration_fraction * cfg.total_steps))
-        self.learning_rate = LinearSchedule(cfg.learning_rate, cfg.learning_rate * cfg.lr_end_fraction,
-                                            cfg.total_steps)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.updates = 0  # gradient steps taken
-        self.precision = resolve_precision(cfg.precision, self.device)   # fp32 or bf16, never auto
-        self.bf16 = self.precision == "bf16"
+class EpsilonGreedy:
+    """Acting: epsilon-greedy over one network's Q-values, one batched forward pass for all envs, with its
+    own exploration RNG. The agent acts through one; evaluations play through another (:meth:`DQNAgent.player`)."""
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+    def __init__(self, net: nn.Module, num_actions: int, device: torch.device, rng: np.random.Generator, *,
+                 bf16: bool = False, noisy: bool = False):
+        self.net, self.num_actions, self.device, self.rng = net, num_actions, device, rng
+        self.bf16, self.noisy = bf16, noisy
 
-    # --- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch obs[N, *obs_shape], one forward pass."""
         x = torch.as_tensor(obs, device=self.device)
-        if self.cfg.noisy and self.q.training:
-            self.q.reset_noise()                                  # fresh exploration noise every step
-        with self._autocast():
-            return self.q(x).argmax(1).cpu().numpy()
+        if self.noisy and self.net.training:
+            self.net.reset_noise()                                # fresh exploration noise every step
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.net(x).argmax(1).cpu().numpy()
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
         """Epsilon-greedy actions int64[N]; the forward pass is skipped when every action is random."""
@@ -119,6 +106,58 @@ class DQNAgent:
             return random_actions
         return np.where(explore, random_actions, self.greedy(obs))
 
+
+class DQNAgent:
+    """The online network ``q`` and its optimizer and loss, built by agents.build.make_agent and passed in,
+    and what the agent derives from them: the target network, the weight average evaluations play, the
+    schedules, and an epsilon-greedy policy whose exploration RNG starts from ``seed`` (default: cfg.seed)."""
+
+    def __init__(self, cfg: TrainConfig, q: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable[..., torch.Tensor], *, num_actions: int, device: torch.device | str = "cpu",
+                 seed: int | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.num_actions = num_actions
+        self.q = q
+        self.target = self.q if cfg.target == "none" else frozen_copy(self.q)
+        # The average plays evaluations only; learning never reads it, so keeping one leaves training unchanged.
+        self.average: nn.Module | None = frozen_copy(self.q) if cfg.eval_ema > 0 else None
+        if cfg.compile:  # in place, so state_dict keys (and checkpoints) are the same as without it
+            for net in {id(self.q): self.q, id(self.target): self.target}.values():
+                net.encoder.compile()
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.epsilon = LinearSchedule(cfg.epsilon_start, cfg.epsilon_end,
+                                      int(cfg.exploration_fraction * cfg.total_steps))
+        self.learning_rate = LinearSchedule(cfg.learning_rate, cfg.learning_rate * cfg.lr_end_fraction,
+                                            cfg.total_steps)
+        self.updates = 0  # gradient steps taken
+        self.precision = resolve_precision(cfg.precision, self.device)   # fp32 or bf16, never auto
+        self.bf16 = self.precision == "bf16"
+        self._policy = self._epsilon_greedy(self.q, np.random.default_rng(cfg.seed if seed is None else seed))
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _epsilon_greedy(self, net: nn.Module, rng: np.random.Generator) -> EpsilonGreedy:
+        return EpsilonGreedy(net, self.num_actions, self.device, rng, bf16=self.bf16, noisy=self.cfg.noisy)
+
+    # --- acting ---------------------------------------------------------------------------
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """argmax_a Q(obs, a) for a batch obs[N, *obs_shape], one forward pass."""
+        return self._policy.greedy(obs)
+
+    def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
+        """Epsilon-greedy actions int64[N]; the forward pass is skipped when every action is random."""
+        return self._policy.act(obs, epsilon)
+
+    def exploration_state(self) -> dict[str, Any]:
+        """The exploration RNG's state, plain data: a checkpoint keeps it so a resumed run acts as if never stopped."""
+        return self._policy.rng.bit_generator.state
+
+    def load_exploration_state(self, state: dict[str, Any]) -> None:
+        self._policy.rng.bit_generator.state = state
+
     def eval(self) -> "DQNAgent":
         """Evaluation mode: noisy layers use their mean weights."""
         self.q.eval()
@@ -128,6 +167,45 @@ class DQNAgent:
         """The network evaluations play: the weight average when the run keeps one (``eval_ema``), else q.
         A single snapshot's greedy policy churns from update to update; the average smooths that out."""
         return self.q if self.average is None else self.average
+
+    @contextlib.contextmanager
+    def player(self, seed: int) -> Iterator[EpsilonGreedy]:
+        """An acting copy for evaluation: it plays :meth:`evaluation_net` in eval mode with its own RNG from
+        ``seed``, so evaluating in the middle of training never moves the training's exploration stream; the
+        net's train/eval mode is restored on exit."""
+        net = self.evaluation_net()
+        training = net.training
+        net.eval()
+        try:
+            yield self._epsilon_greedy(net, np.random.default_rng(seed))
+        finally:
+            net.train(training)
+
+    # --- what callers read and load -------------------------------------------------------
+    @torch.no_grad()
+    def q_values(self, obs: np.ndarray) -> torch.Tensor:
+        """Q(obs, .) [N, A] of the online network, for diagnostics (no autocast, no noise reset)."""
+        return self.q(torch.as_tensor(obs, device=self.device))
+
+    def add_graph(self, logger, obs: np.ndarray) -> None:
+        """Trace the online network on ``obs`` into ``logger`` (rl.logging.Logger.graph)."""
+        logger.graph(self.q, torch.as_tensor(obs, device=self.device))
+
+    def weights_finite(self) -> bool:
+        """Whether every online weight is finite (a NaN or inf stops training before it is saved)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.q.parameters())
+
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        """The online network's weights on the host: what this agent acts with, for acting copies elsewhere
+        (Ape-X publishes them to its actors)."""
+        return {k: v.detach().cpu() for k, v in self.q.state_dict().items()}
+
+    def load_policy_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Make every network of the agent (online, target, average) hold ``weights`` (a policy_state_dict or
+        a policy file's weights), so it acts, evaluates and computes priorities with them; the optimizer,
+        counters and RNG are left alone."""
+        for net in {id(n): n for n in (self.q, self.target, self.average) if n is not None}.values():
+            net.load_state_dict(weights)
 
     # --- learning -------------------------------------------------------------------------
     def set_step(self, step: int) -> float:
@@ -144,9 +222,9 @@ class DQNAgent:
             return x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device)
 
-    def _to_device(self, batch: Batch):
+    def _to_device(self, batch: Batch, augment: bool = True):
         obs, next_obs = self._tensor(batch.obs), self._tensor(batch.next_obs)   # uint8 until the network
-        if self.cfg.augmentation:
+        if augment and self.cfg.augmentation:
             obs, next_obs = random_shift(obs, self.cfg.aug_pad), random_shift(next_obs, self.cfg.aug_pad)
         return (obs, self._tensor(batch.action), self._tensor(batch.reward), self._tensor(batch.discount),
                 next_obs, self._tensor(batch.weight))
@@ -174,14 +252,9 @@ class DQNAgent:
             p_best = next_probs.gather(1, best[:, :, None].expand(-1, 1, next_probs.shape[-1])).squeeze(1)
             return project_distribution(p_best, reward, discount, self.target.support)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient step on ``batch``. Returns detached tensors (no host sync here); ``priority`` is the
-        per-sample |TD error| (or distributional loss) for prioritized replay."""
-        obs, action, reward, discount, next_obs, weight = self._to_device(batch)
-        if self.cfg.noisy:
-            self.q.reset_noise()
-            if self.target is not self.q:
-                self.target.reset_noise()
+    def _td_terms(self, obs, action, reward, discount, next_obs):
+        """Per sample: the loss, Q(s, a), the TD error and the priority prioritized replay gives it
+        (|TD error|, or C51's cross-entropy). The update and :meth:`priorities` share it."""
         if self.cfg.distributional:
             target = self.distributional_target(reward, discount, next_obs)       # [B, K]
             with self._autocast():
@@ -199,6 +272,17 @@ class DQNAgent:
             per_sample = self.loss_fn(q_taken, target, reduction="none")           # [B]
             td_error = (target - q_taken).detach()
             priority = td_error.abs()
+        return per_sample, q_taken, td_error, priority
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on ``batch``. Returns detached tensors (no host sync here); ``priority`` is the
+        per-sample |TD error| (or distributional loss) for prioritized replay."""
+        obs, action, reward, discount, next_obs, weight = self._to_device(batch)
+        if self.cfg.noisy:
+            self.q.reset_noise()
+            if self.target is not self.q:
+                self.target.reset_noise()
+        per_sample, q_taken, td_error, priority = self._td_terms(obs, action, reward, discount, next_obs)
         loss = (weight * per_sample).mean()                                        # importance-weighted
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,6 +300,22 @@ class DQNAgent:
             self.reset_head()
         return {"td_loss": loss.detach(), "q_values": q_taken.detach().mean(), "grad_norm": grad_norm.detach(),
                 "td_error": td_error.detach(), "priority": priority}
+
+    @torch.no_grad()
+    def priorities(self, batch: Batch) -> np.ndarray:
+        """The priorities an update on ``batch`` would give it, from the current networks without updating
+        them (no augmentation, no fresh noise): Ape-X's initial priorities, so new data need not enter at
+        the maximum."""
+        obs, action, reward, discount, next_obs, _ = self._to_device(batch, augment=False)
+        return self._td_terms(obs, action, reward, discount, next_obs)[3].float().cpu().numpy()
+
+    def steps_done(self, step: int, next_step: int) -> None:
+        """Agent steps ``step`` .. ``next_step`` - 1 are taken and the updates due in them have run. A hard
+        target copies the online weights whenever those steps crossed a multiple of target_update (once
+        learning has begun); Polyak averaging happens in every update instead."""
+        crossed = next_step // self.cfg.target_update > step // self.cfg.target_update
+        if self.cfg.target == "hard" and self.updates > 0 and crossed:
+            self.sync_target()
 
     def sync_target(self) -> None:
         sync_target(self.target, self.q, 1.0)

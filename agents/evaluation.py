@@ -8,7 +8,6 @@ rl-sweep both rebuild a saved agent with :func:`saved_player`.
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,9 +74,9 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
     """Evaluate ``agent_for(env)`` on a fresh env (``evaluation=True``, its own ``seed``), optionally
     filming the first ``video_episodes`` games (default: all) to ``video``.
 
-    The agent is used through a shallow copy with its own RNG, so evaluating in the middle of training
-    never moves the training's exploration stream; the copy plays ``agent.evaluation_net()`` (the online
-    net, or the run's weight average), in eval mode.
+    The agent plays through its acting copy (``DQNAgent.player``): the weights evaluations play (the online
+    net, or the run's weight average) in eval mode, with an RNG of its own from ``seed``, so evaluating in
+    the middle of training never moves the training's exploration stream.
     """
     from envs import make_env
 
@@ -94,11 +93,7 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
             cleanup.callback(recorder.close)               # drops the scratch files if play fails
             env = FilmedEnv(env, camera, recorder)
         agent = agent_for(env)
-        player = copy.copy(agent)
-        player.q = agent.evaluation_net()                  # the weight average where the run keeps one
-        player.rng = np.random.default_rng(seed)
-        cleanup.callback(player.q.train, player.q.training)
-        player.q.eval()
+        player = cleanup.enter_context(agent.player(seed))
         results = evaluate(player, env, episodes, epsilon, on_game)
         results["weights"] = weights_played(agent.cfg)
         if recorder is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from agents.build import make_agent
 from agents.dqn import DQNAgent, weights_played
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig, from_dict
@@ -34,8 +35,8 @@ class Policy:
 
     def agent(self, obs_shape: tuple[int, ...], num_actions: int, device: torch.device | str = "cpu") -> DQNAgent:
         """A DQNAgent whose every network holds these weights, so it acts and evaluates with them."""
-        agent = DQNAgent(self.cfg, obs_shape, num_actions, device)
-        agent.load_state_dict({"q": self.weights, "target": self.weights, "average": self.weights})
+        agent = make_agent(self.cfg, obs_shape, num_actions, device)
+        agent.load_policy_weights(self.weights)
         return agent
 
     def payload(self) -> dict[str, Any]:

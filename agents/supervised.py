@@ -348,11 +348,12 @@ def load_agent_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
 
 
 def teacher_network(cfg: TrainConfig, obs_shape: Sequence[int], num_actions: int) -> nn.Module:
-    """A fresh network of the architecture ``cfg`` describes, built by DQNAgent itself, so a clone's
-    weights always load where rl-evaluate puts them, whatever network options the config holds."""
-    from agents.dqn import DQNAgent
+    """A fresh network of the architecture ``cfg`` describes, built as the DQN agent's own online network
+    (agents.build.q_network), so a clone's weights always load where rl-evaluate puts them, whatever
+    network options the config holds."""
+    from agents.build import q_network
 
-    return DQNAgent(cfg, tuple(obs_shape), num_actions).q
+    return q_network(cfg, obs_shape, num_actions)
 
 
 def record_demonstrations(agent, env, steps: int, epsilon: float) -> dict[str, Any]:

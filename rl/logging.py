@@ -131,6 +131,10 @@ class RateMeter:
         self.last_step, self.last_time = step, now
         return rate
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation, say) out of the current interval."""
+        self.last_time += seconds
+
 
 def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
     """The run's evaluations by step. A torn last line (a crash mid-append) is skipped; a step evaluated

@@ -47,10 +47,38 @@ class ReplaySpec:
     num_actions: int = 256
 
 
-class ReplayBuffer:
+class StepWriter:
+    """Something that stores vector steps: ``add`` takes each step's first-of-episode flags explicitly,
+    ``add_step`` takes a step as the env returned it and keeps those flags itself (the step after an episode
+    end begins the next one). The replay is one; an Ape-X actor's chunk recorder is another."""
+
+    def __init__(self, num_envs: int):
+        self.first = np.ones(num_envs, bool)    # whether each stream's next step begins an episode
+
+    def add(self, obs, action, reward, terminated, truncated, first, final_obs=None) -> None:
+        raise NotImplementedError
+
+    def add_step(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, step) -> None:
+        """Store what acting with ``action`` on ``obs`` [N, *obs_shape] gave: ``step`` is the env's
+        envs.base.EnvStep (its flags and final observations), ``reward`` its reward as the learner sees it
+        (clipped or not)."""
+        self.add(obs, action, reward, step.terminated, step.truncated, self.first, step.final_obs)
+        self.first = step.episode_end
+
+    def episode_starts(self) -> list[bool]:
+        """Which streams begin an episode at their next step (checkpoints keep it; see restart_episodes)."""
+        return self.first.tolist()
+
+    def restart_episodes(self, first) -> None:
+        """Continue with ``first`` (from episode_starts) as the streams' next first-of-episode flags."""
+        self.first = np.array(first, bool)
+
+
+class ReplayBuffer(StepWriter):
     """Uniform replay over ``num_envs`` lockstep streams; see the module docstring."""
 
     def __init__(self, spec: ReplaySpec, seed: int = 0):
+        super().__init__(spec.num_envs)
         self.spec = spec
         self.stack = spec.stack
         self.n = spec.n_step
@@ -101,6 +129,45 @@ class ReplayBuffer:
         """Transitions that can be sampled now."""
         lo, hi = self._age_range()
         return max(0, hi - lo + 1) * self.num_envs
+
+    def cut_streams(self, tail_obs: np.ndarray) -> None:
+        """End every stream that is still open at its newest slot, as a time-limit cut that bootstraps from
+        ``tail_obs`` [N, *obs_shape] (the observation after that slot; a stack of one is read as its newest
+        frame, as ``add`` reads it). For a writer that restarts its envs (a restarted Ape-X actor): no n-step
+        window may run on from its old episodes into the fresh ones, which begin at the next step."""
+        if self.size == 0:
+            return
+        t = (self.cursor - 1) % self.slots
+        frames = self.newest_frame(tail_obs)
+        for e in np.flatnonzero((self.flags[t] & (TERMINATED | TRUNCATED)) == 0):
+            self.flags[t, e] |= TRUNCATED
+            self.final_frames[t * self.num_envs + int(e)] = np.array(frames[e])
+        self.first[:] = True
+
+    # --- flat slot ids (t * num_envs + env), as Batch.index holds them -------------------------
+    def id_count(self) -> int:
+        """Flat slot ids run over 0 .. id_count() - 1."""
+        return self.slots * self.num_envs
+
+    def ready_ids(self, steps: int) -> np.ndarray:
+        """The flat ids of the ``steps`` newest vector steps that have their n-step future, oldest step
+        first, env by env within a step: where initial priorities computed for those steps belong."""
+        ts = (self.cursor - 1 - self.n - np.arange(steps)[::-1]) % self.slots
+        return (ts[:, None] * self.num_envs + np.arange(self.num_envs)).ravel()
+
+    def overwritten(self, ids: np.ndarray, writes: int) -> np.ndarray:
+        """bool[len(ids)]: whether the slot of each id was written in the last ``writes`` vector steps, so a
+        priority computed for what it held before no longer applies."""
+        return (np.asarray(ids) // self.num_envs - (self.cursor - writes)) % self.slots < writes
+
+    def transitions(self, ids: np.ndarray) -> Batch:
+        """The transitions at flat ``ids``, weight 1 each, as sampling would return them."""
+        t, env = np.divmod(np.asarray(ids), self.num_envs)
+        return self.gather(t, env, np.ones(len(t), np.float32))
+
+    def mass(self) -> float:
+        """What a draw across several buffers weighs this one by: its sampleable transitions (uniform)."""
+        return float(len(self))
 
     # --- reading --------------------------------------------------------------------------
     def _age_range(self) -> tuple[int, int]:
@@ -294,6 +361,14 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         weight = (weight / weight.max()).astype(np.float32)                  # normalised so updates only shrink
         t, env = np.divmod(index, self.num_envs)
         return self.gather(t, env, weight)
+
+    def mass(self) -> float:
+        """The total priority mass sum_k p_k^alpha: what a draw across several buffers weighs this one by."""
+        return self.tree.total
+
+    def mass_at(self, index: np.ndarray) -> np.ndarray:
+        """p_i^alpha of flat ``index``: the share of the mass a draw gives each."""
+        return self.tree.get(index)
 
     def update_priorities(self, index: np.ndarray, priority: np.ndarray) -> None:
         """Set p_i = |delta_i| + eps for sampled ``index`` (flat slot ids)."""

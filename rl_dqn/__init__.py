@@ -53,7 +53,8 @@ def train(preset: str | None = None, run_dir: str | Path | None = None, *, confi
     are done. Raises ConfigError for bad input before any work.
     """
     from agents.build import validated
-    from agents.runner import Trainer, load_run_config
+    from agents.run import load_run_config, prepare_run_dir
+    from agents.runner import Trainer
     from rl.config import base_config, from_dict, resumable_keys
     from rl.logging import read_evaluations
 
@@ -73,7 +74,7 @@ def train(preset: str | None = None, run_dir: str | Path | None = None, *, confi
         run_dir = Path(run_dir)
         cfg, preset = base_config(preset, config)
         cfg = validated(from_dict(TrainConfig, overrides, base=cfg))
-        Trainer.prepare_run_dir(run_dir, cfg, preset)
+        prepare_run_dir(run_dir, cfg, preset)
     trainer = Trainer(cfg, run_dir, preset=preset, show_progress=progress)
     try:
         if resume is not None:

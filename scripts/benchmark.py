@@ -75,10 +75,11 @@ def env_ceiling(cfg: TrainConfig, steps: int) -> float:
 def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_dtype) -> float:
     import torch
 
-    from agents.dqn import DQNAgent, resolve_device
+    from agents.build import make_agent
+    from agents.dqn import resolve_device
     from rl.replay import Batch
 
-    agent = DQNAgent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
+    agent = make_agent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
     rng = np.random.default_rng(0)
     B = cfg.batch_size
     high = 255 if obs_dtype == np.uint8 else 1
@@ -151,16 +152,19 @@ def distributed_figures(cfg: TrainConfig, actors: int, steps: int, updates: int,
     import ray
     import torch
 
-    from agents import distributed as dist
-    from agents.dqn import DQNAgent, resolve_device
+    from agents.build import make_agent
+    from agents.distributed.cluster import actor_epsilon_schedules, connect, publish_weights, writable_batch
+    from agents.distributed.fleet import start_workers
+    from agents.distributed.learner import SAMPLE_BLOCK
+    from agents.dqn import resolve_device
 
-    owns_ray = dist.connect(address)
+    owns_ray = connect(address)
     server, workers = None, []
     try:
-        server, workers = dist.start_workers(cfg, obs_shape, obs_dtype, num_actions, actors)
-        agent = DQNAgent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
-        weights = [dist.publish_weights(agent)]
-        epsilon = [e(cfg.total_steps) for e in dist.actor_epsilon_schedules(cfg, actors)]
+        server, workers = start_workers(cfg, obs_shape, obs_dtype, num_actions, actors)
+        agent = make_agent(cfg, obs_shape, num_actions, resolve_device(cfg.device))
+        weights = [publish_weights(agent)]
+        epsilon = [e(cfg.total_steps) for e in actor_epsilon_schedules(cfg, actors)]
 
         def collect(i: int):
             return workers[i].collect.remote(weights, 0, epsilon[i])
@@ -183,17 +187,17 @@ def distributed_figures(cfg: TrainConfig, actors: int, steps: int, updates: int,
             acting[str(k)] = delivered / (time.perf_counter() - start)
         inserted = ray.get(server.stats.remote())["inserted"]
 
-        block, beta = dist.SAMPLE_BLOCK, cfg.priority_beta_start
+        block, beta = SAMPLE_BLOCK, cfg.priority_beta_start
         rounds = -(-updates // block)
         for batch in ray.get(server.sample.remote(cfg.batch_size, beta, 2))[0]:    # warm-up
-            agent.update(dist.writable_batch(batch))
+            agent.update(writable_batch(batch))
         start = time.perf_counter()
         ref = server.sample.remote(cfg.batch_size, beta, block)
         for r in range(rounds):
             batches, _ = ray.get(ref)
             ref = server.sample.remote(cfg.batch_size, beta, block) if r + 1 < rounds else None
             for batch in batches:
-                agent.update(dist.writable_batch(batch))
+                agent.update(writable_batch(batch))
         if agent.device.type == "cuda":
             torch.cuda.synchronize()
         learner = rounds * block / (time.perf_counter() - start)
@@ -219,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agents.build import validated
     cfg = validated(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
     if args.actors:
-        from agents.distributed import check_config
+        from agents.distributed.cluster import check_config
         check_config(cfg, args.actors)
     import torch
 

@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from agents.dqn import DQNAgent, resolve_device
+from agents.build import make_agent
+from agents.dqn import resolve_device
 from agents.supervised import (
     SupervisedConfig,
     SupervisedTrainer,
@@ -255,11 +256,10 @@ def record(args) -> int:
         torch.set_num_threads(args.torch_threads)
     env = make_env(cfg, num_envs=args.num_envs, seed=args.seed, evaluation=True)
     try:
-        agent = DQNAgent(cfg, env.obs_shape, env.num_actions, device)
-        agent.load_state_dict({"q": q, "target": q})
-        agent.q.eval()
-        agent.rng = np.random.default_rng(args.seed)
-        demos = record_demonstrations(agent, env, args.steps, args.epsilon)
+        agent = make_agent(cfg, env.obs_shape, env.num_actions, device)
+        agent.load_policy_weights(q)
+        with agent.player(args.seed) as teacher:        # the teacher's weights in eval mode, its own RNG
+            demos = record_demonstrations(teacher, env, args.steps, args.epsilon)
     finally:
         env.close()
     returns = demos.pop("returns")

@@ -33,7 +33,7 @@ from rl.cli import ArgumentParser, parse_cli_value, run_cli
 from rl.config import EVALUATE_SEED, ConfigError, TrainConfig, base_config, format_value, from_dict, preset_names
 
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
-CHECKPOINTS = ("latest", "best")     # the files scored in each run (agents.distributed.sweep_run), in table order
+CHECKPOINTS = ("latest", "best")     # what each run is scored by (the last network, the best one), in table order
 BOOTSTRAP_SEED = 0           # fixed, so the same scores always print the same CI
 
 
@@ -249,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from agents.distributed import connect, sweep_run
+    from agents.distributed.cluster import connect
+    from agents.sweep import sweep_run
 
     owns_ray = connect(args.ray_address)
     results: dict[str, dict[str, Any]] = {}
@@ -260,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         task = ray.remote(sweep_run).options(num_cpus=args.cpus_per_run, max_retries=0)
         threads = max(1, int(args.cpus_per_run))
-        pending = {task.remote(r["cfg"], str((root / r["name"]).resolve()), preset, r["name"], threads): r["name"]
-                   for r in runs}
+        pending = {task.remote(r["cfg"], str((root / r["name"]).resolve()), preset, r["name"], threads, CHECKPOINTS):
+                   r["name"] for r in runs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

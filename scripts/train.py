@@ -59,7 +59,7 @@ def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
     from agents.build import validated
     overrides = overrides_from_args(args, TrainConfig)
     if args.resume is not None:
-        from agents.runner import load_run_config
+        from agents.run import load_run_config
         if args.preset or args.config or args.run_dir:
             raise ConfigError("--resume takes the run's saved config; drop --preset, --config and --run-dir")
         cfg = load_run_config(args.resume)
@@ -80,7 +80,8 @@ def distributed_trainer(args, cfg: TrainConfig):
     """--actors N: check the layout, connect to Ray (imported only on this path) and return the trainer class."""
     import functools
 
-    from agents.distributed import DistributedTrainer, check_config, connect
+    from agents.distributed.cluster import check_config, connect
+    from agents.distributed.learner import DistributedTrainer
     check_config(cfg, args.actors)
     return functools.partial(DistributedTrainer, actors=args.actors, owns_ray=connect(args.ray_address))
 
@@ -90,16 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stop_at is not None and args.stop_at < 1:
         raise ConfigError(f"--stop-at {args.stop_at} is not allowed: must be >= 1")
     check_distributed_flags(args)
-    # distributed.json marks a run whose checkpoints hold the learner only (agents/distributed.py)
+    # distributed.json marks a run whose checkpoints hold the learner only (agents/distributed/learner.py)
     if args.resume is not None and args.actors is None and (args.resume / "distributed.json").exists():
         raise ConfigError(f"--resume {args.resume}: this run was trained with --actors; resume it with --actors N")
     cfg, preset, run_dir = resolve_config(args)
-    from agents.runner import RunDirError, Trainer, TrainingDiverged
+    from agents.run import RunDirError, TrainingDiverged, prepare_run_dir
+    from agents.runner import Trainer
     from rl.checkpoint import CheckpointError
 
     make_trainer = Trainer if args.actors is None else distributed_trainer(args, cfg)
     if args.resume is None:
-        Trainer.prepare_run_dir(run_dir, cfg, preset)
+        prepare_run_dir(run_dir, cfg, preset)
     trainer = make_trainer(cfg, run_dir, preset=preset, show_progress=not args.no_progress)
     try:
         if args.resume is not None:

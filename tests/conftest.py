@@ -29,3 +29,14 @@ def gym_package(tmp_path_factory):
         patch.syspath_prepend(str(root))
         patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
         yield GYM_PACKAGE
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray with 2 CPUs for a test module; the module's tests are skipped without the distributed extra."""
+    from tests.support import NO_RAY
+    ray = pytest.importorskip("ray", reason=NO_RAY)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             logging_level="WARNING", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -80,15 +80,14 @@ def drive(env, steps, seed=0, replay=None):
     them. Returns [(obs acted on, actions, EnvStep)] per step."""
     rng = np.random.default_rng(seed)
     obs = env.reset()
-    first = np.ones(env.num_envs, bool)
     log = []
     for _ in range(steps):
         a = rng.integers(0, env.num_actions, env.num_envs)
         out = env.step(a)
         if replay is not None:
-            replay.add(obs, a, out.reward, out.terminated, out.truncated, first, out.final_obs)
+            replay.add_step(obs, a, out.reward, out)
         log.append((obs, a, out))
-        first, obs = out.episode_end, out.obs
+        obs = out.obs
     return log
 
 

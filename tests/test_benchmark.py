@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dqn import DQNAgent, resolve_precision
+from agents.build import make_agent
+from agents.dqn import resolve_precision
 from rl.cli import run_cli
 from rl.config import TrainConfig, from_dict, load_preset
 from scripts import benchmark
@@ -52,7 +53,7 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, avx512
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == expected
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    agent = DQNAgent(from_dict(TrainConfig, {"env": "cartpole", "network": "mlp", "precision": "auto"}), (4,), 2)
+    agent = make_agent(from_dict(TrainConfig, {"env": "cartpole", "network": "mlp", "precision": "auto"}), (4,), 2)
     assert agent.precision == expected and agent.bf16 == (expected == "bf16")
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from agents.dqn import DQNAgent, project_distribution
+from agents.build import make_agent
+from agents.dqn import project_distribution
 from rl.config import TrainConfig
 from rl.networks import NoisyLinear, make_q_network, networks_fitting, random_shift
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec, SumTree
@@ -215,7 +216,7 @@ class Fixed(nn.Module):
 
 @pytest.mark.parametrize("double,expected", [(False, 10.0), (True, 2.0)])
 def test_double_dqn_picks_with_online_and_values_with_target(double, expected):
-    agent = DQNAgent(dataclasses.replace(CARTPOLE, double=double), (4,), 2)
+    agent = make_agent(dataclasses.replace(CARTPOLE, double=double), (4,), 2)
     agent.q, agent.target = Fixed([[1.0, 5.0]]), Fixed([[10.0, 2.0]])
     y = agent.td_target(torch.tensor([1.0]), torch.tensor([0.5]), torch.zeros(1, 4))
     assert y.item() == pytest.approx(1.0 + 0.5 * expected)
@@ -227,7 +228,7 @@ def test_target_synced_every_update_is_the_same_as_no_target():
     agents = []
     for target in ("hard", "none"):
         torch.manual_seed(0)
-        agents.append(DQNAgent(dataclasses.replace(CARTPOLE, double=True, target=target, target_update=1), (4,), 2))
+        agents.append(make_agent(dataclasses.replace(CARTPOLE, double=True, target=target, target_update=1), (4,), 2))
     for _ in range(20):
         batch = random_batch(rng, 8)
         hard, none = agents[0].update(batch), agents[1].update(batch)
@@ -261,7 +262,7 @@ def test_periodic_reset_redraws_the_head_only(noisy):
     for reset_every in (0, 3):
         torch.manual_seed(0)
         cfg = dataclasses.replace(CARTPOLE, dueling=True, noisy=noisy, target="hard", reset_every=reset_every)
-        agents.append(DQNAgent(cfg, (4,), 2))
+        agents.append(make_agent(cfg, (4,), 2))
     plain, reset = agents
     batches = [random_batch(rng, 8) for _ in range(3)]
     for i, batch in enumerate(batches):
@@ -298,7 +299,7 @@ def test_eval_average_is_polyak_of_online_and_leaves_learning_alone():
     agents = []
     for eval_ema in (0.0, 0.25):
         torch.manual_seed(0)
-        agents.append(DQNAgent(dataclasses.replace(CARTPOLE, target="hard", eval_ema=eval_ema), (4,), 2))
+        agents.append(make_agent(dataclasses.replace(CARTPOLE, target="hard", eval_ema=eval_ema), (4,), 2))
     plain, averaged = agents
     assert plain.average is None and plain.evaluation_net() is plain.q
     assert averaged.evaluation_net() is averaged.average
@@ -314,7 +315,7 @@ def test_eval_average_is_polyak_of_online_and_leaves_learning_alone():
     average = averaged.average.state_dict()
     assert all(torch.allclose(average[k], v, atol=1e-6) for k, v in expected.items())
     assert not torch.equal(average["encoder.net.0.weight"], online["encoder.net.0.weight"])
-    restored = DQNAgent(averaged.cfg, (4,), 2)
+    restored = make_agent(averaged.cfg, (4,), 2)
     restored.load_state_dict(averaged.state_dict())                      # checkpoints carry the average
     assert all(torch.equal(restored.average.state_dict()[k], v) for k, v in average.items())
 
@@ -323,7 +324,7 @@ def test_head_reset_restarts_the_average_head_too():
     """A head reset gives the average the fresh head (averaging two unrelated heads is meaningless);
     the average's encoder keeps averaging."""
     torch.manual_seed(0)
-    agent = DQNAgent(dataclasses.replace(CARTPOLE, target="hard", reset_every=2, eval_ema=0.25), (4,), 2)
+    agent = make_agent(dataclasses.replace(CARTPOLE, target="hard", reset_every=2, eval_ema=0.25), (4,), 2)
     rng = np.random.default_rng(1)
     for _ in range(2):
         agent.update(random_batch(rng, 8))
@@ -338,7 +339,7 @@ def test_play_uses_the_average_where_the_run_keeps_one(eval_ema):
     from agents.evaluation import play
 
     cfg = dataclasses.replace(CARTPOLE, eval_ema=eval_ema)
-    agent = DQNAgent(cfg, (4,), 2)
+    agent = make_agent(cfg, (4,), 2)
     calls = {"online": 0, "average": 0}
     agent.q.register_forward_hook(lambda *_: calls.__setitem__("online", calls["online"] + 1))
     if agent.average is not None:

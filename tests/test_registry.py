@@ -251,13 +251,13 @@ def test_bad_loss_options_fail_at_construction(name, overrides, message):
 
 # --- the DQN learner goes through the registry ---------------------------------------------------
 
-def test_dqn_agent_builds_its_optimizer_and_loss_from_the_registry():
-    from agents.dqn import DQNAgent
+def test_dqn_agent_gets_its_optimizer_and_loss_from_the_registry():
+    from agents.build import make_agent
     from rl.config import TrainConfig
 
     cfg = TrainConfig(env="cartpole", network="mlp", optimizer="nature_rmsprop", learning_rate=1e-3,
                       optimizer_kwargs={"eps": 0.02}, loss="smooth_l1")
-    agent = DQNAgent(cfg, (4,), 2)
+    agent = make_agent(cfg, (4,), 2)
     group = agent.optimizer.param_groups[0]
     assert type(agent.optimizer) is torch.optim.RMSprop
     assert (group["lr"], group["eps"], group["alpha"], group["centered"]) == (1e-3, 0.02, 0.95, True)

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents import runner
+from agents.dqn import DQNAgent
 from rl import checkpoint as ckpt
 from rl.cli import run_cli
 from rl.config import ConfigError, TrainConfig, from_dict, validate_train
@@ -255,7 +255,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
             "--log-every", "200", "--run-dir", str(run_dir)]
     assert run_cli(train_cli.main, [*base, "--stop-at", "1000"]) == 0
     good = weights(run_dir)
-    real_update = runner.DQNAgent.update
+    real_update = DQNAgent.update
 
     def poisoned(self, batch):
         out = real_update(self, batch)
@@ -264,7 +264,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
                 next(self.q.parameters()).fill_(float("nan"))
         return out
 
-    monkeypatch.setattr(runner.DQNAgent, "update", poisoned)
+    monkeypatch.setattr(DQNAgent, "update", poisoned)
     capsys.readouterr()
     code = run_cli(train_cli.main, ["--resume", str(run_dir), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()

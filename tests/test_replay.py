@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rl.replay import ReplayBuffer, ReplaySpec
+from rl.replay import FIRST, TERMINATED, TRUNCATED, PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
 from tests.fakes import FakeFlatEnv, FakeStackedEnv, drive
 
 
@@ -134,3 +134,78 @@ def test_state_dict_round_trip_samples_identically():
     x, y = a.sample(64), b.sample(64)
     for u, v in zip(x, y):
         np.testing.assert_array_equal(u, v)
+
+
+# --- the writing interface and the flat ids the Ape-X replay server works with ------------------
+
+def test_add_step_marks_the_step_after_each_episode_end_as_first():
+    env = FakeStackedEnv(num_envs=3, p_life=0.2, p_over=0.1, p_trunc=0.1)
+    buf = ReplayBuffer(ReplaySpec(600, 3, env.obs_shape, env.obs_dtype, stack=4), seed=0)
+    log = drive(env, 100, replay=buf)
+    first = (buf.flags[:100] & FIRST) != 0
+    assert first[0].all()
+    np.testing.assert_array_equal(first[1:], [out.episode_end for _, _, out in log[:-1]])
+    assert buf.episode_starts() == log[-1][2].episode_end.tolist()
+    buf.restart_episodes([True, False, True])
+    buf.add_step(*log[0][:2], log[0][2].reward, log[0][2])
+    assert ((buf.flags[100] & FIRST) != 0).tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("stack", [1, 4])
+def test_cut_streams_ends_open_streams_where_they_stand(stack):
+    """A restarted writer's streams: every stream still open becomes a time-limit cut that bootstraps from
+    the tail it reported; a stream that had just ended keeps its flags; the next step begins an episode."""
+    env = FakeStackedEnv(num_envs=3, stack=stack, p_life=0.0, p_over=0.0, p_trunc=0.0) if stack > 1 else \
+        FakeFlatEnv(num_envs=3, p_life=0.0, p_over=0.0, p_trunc=0.0)
+    spec = ReplaySpec(60, 3, env.obs_shape, env.obs_dtype, stack=stack, n_step=3, gamma=0.5)
+    buf = ReplayBuffer(spec, seed=0)
+    empty = ReplayBuffer(spec, seed=0)
+    empty.cut_streams(np.zeros((3, *env.obs_shape), env.obs_dtype))          # nothing written: nothing to cut
+    assert not empty.flags.any()
+    log = drive(env, 12, replay=buf)
+    t = (buf.cursor - 1) % buf.slots
+    buf.flags[t, 1] |= TERMINATED                                           # stream 1 had just ended
+    tail = log[-1][2].obs
+    buf.cut_streams(tail)
+    assert ((buf.flags[t] & TRUNCATED) != 0).tolist() == [True, False, True]
+    assert buf.episode_starts() == [True, True, True]
+    for e in (0, 2):                                                         # a 1-step return from the tail
+        batch = buf.transitions(np.array([t * 3 + e]))
+        assert batch.discount[0] == pytest.approx(0.5)
+        np.testing.assert_array_equal(batch.next_obs[0], tail[e])
+    batch = buf.transitions(np.array([(t - 1) % buf.slots * 3]))          # 2 steps, then the cut
+    assert batch.discount[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_ready_ids_are_the_newest_steps_with_their_n_step_future(prioritized):
+    env = FakeFlatEnv(num_envs=2)
+    spec = ReplaySpec(2 * 10, 2, env.obs_shape, env.obs_dtype, n_step=3)
+    buf = PrioritizedReplayBuffer(spec, seed=0) if prioritized else ReplayBuffer(spec, seed=0)
+    drive(env, 23, replay=buf)                                               # wrapped: 23 steps in 10 slots
+    expected = [s % 10 * 2 + e for s in (17, 18, 19) for e in (0, 1)]        # step 19: the newest with 3 after it
+    assert buf.ready_ids(3).tolist() == expected
+    if prioritized:                                                          # exactly those can be sampled
+        assert (buf.mass_at(buf.ready_ids(3)) > 0).all()
+        assert (buf.mass_at(np.array([0, 1, 2, 3, 4, 5])) == 0).all()      # steps 20-22: no future yet
+
+
+def test_overwritten_marks_the_slots_of_the_newest_writes():
+    env = FakeFlatEnv(num_envs=2)
+    buf = ReplayBuffer(ReplaySpec(2 * 5, 2, env.obs_shape, env.obs_dtype), seed=0)
+    drive(env, 7, replay=buf)                                                # cursor at slot 2
+    ids = np.arange(buf.id_count())
+    assert buf.id_count() == 10 and not buf.overwritten(ids, 0).any()
+    assert (ids[buf.overwritten(ids, 2)] // 2).tolist() == [0, 0, 1, 1]      # slots 0 and 1, the newest two
+    assert buf.overwritten(ids, 5).all() and buf.overwritten(ids, 9).all()
+
+
+def test_mass_weighs_a_buffer_by_what_sampling_draws_from_it():
+    env = FakeFlatEnv(num_envs=2)
+    spec = ReplaySpec(2 * 16, 2, env.obs_shape, env.obs_dtype, n_step=2)
+    uniform, prioritized = ReplayBuffer(spec), PrioritizedReplayBuffer(spec, alpha=1.0)
+    for buf in (uniform, prioritized):
+        drive(env, 9, replay=buf)
+    assert uniform.mass() == len(uniform) == 2 * 7
+    prioritized.update_priorities(prioritized.ready_ids(2), np.array([3.0, 4.0, 5.0, 6.0]))
+    assert prioritized.mass() == pytest.approx(prioritized.mass_at(np.arange(prioritized.id_count())).sum())

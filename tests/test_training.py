@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.dqn import DQNAgent
+from agents.build import make_agent
 from agents.evaluation import evaluate
 from envs import make_env
 from rl import checkpoint as ckpt
@@ -89,7 +89,7 @@ def test_evaluate_reports_each_counted_game_once():
     cfg = from_dict(TrainConfig, load_preset("cartpole"))
     env = make_env(cfg, num_envs=3, seed=5, evaluation=True)
     heard: list[tuple[float, int]] = []
-    results = evaluate(DQNAgent(cfg, env.obs_shape, env.num_actions), env, 7, epsilon=0.5,
+    results = evaluate(make_agent(cfg, env.obs_shape, env.num_actions), env, 7, epsilon=0.5,
                        on_game=lambda score, length: heard.append((score, length)))
     env.close()
     assert results["episodes"] == len(heard) == 7
@@ -98,7 +98,7 @@ def test_evaluate_reports_each_counted_game_once():
 
 def greedy_return(cfg: TrainConfig, q_state=None, episodes=10) -> float:
     env = make_env(cfg, num_envs=5, seed=777, evaluation=True)
-    agent = DQNAgent(cfg, env.obs_shape, env.num_actions)
+    agent = make_agent(cfg, env.obs_shape, env.num_actions)
     if q_state is not None:
         agent.load_state_dict({"q": q_state, "target": q_state})
     return evaluate(agent, env, episodes, epsilon=0.0)["mean"]
@@ -152,7 +152,8 @@ def test_overlapped_training_stores_exactly_what_the_env_produced(tmp_path):
 def test_overlap_adds_no_policy_lag(tmp_path):
     """Each action is chosen after every update due so far has run: the same weights a serial
     act -> step -> update loop would act with, however the updates overlap the emulators."""
-    from agents.runner import Trainer, updates_due
+    from agents.run import updates_due
+    from agents.runner import Trainer
     from rl.config import validate_train
 
     cfg = validate_train(TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32], num_envs=2, total_steps=600,
@@ -185,7 +186,7 @@ def test_compiled_encoder_takes_the_same_updates_and_checkpoints(monkeypatch):
     agents = []
     for compile in (False, True):
         torch.manual_seed(0)
-        agent = DQNAgent(validate_train(TrainConfig(**{**cfg.__dict__, "compile": compile})), (4,), 2)
+        agent = make_agent(validate_train(TrainConfig(**{**cfg.__dict__, "compile": compile})), (4,), 2)
         for batch in batches:
             agent.update(batch)
         agents.append(agent)

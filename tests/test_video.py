@@ -251,16 +251,16 @@ def test_periodic_evaluation_leaves_training_untouched(tmp_path):
 def test_best_evaluation_keeps_its_network_as_best_pt(tmp_path, monkeypatch):
     """best.pt is rewritten only when a periodic evaluation beats every earlier one, and holds the network
     that scored it; latest.pt moves on."""
-    import agents.runner
+    import agents.run
 
-    real_play, means, snapshots = agents.runner.play, iter([3.0, 5.0, 4.0, 5.0]), []
+    real_play, means, snapshots = agents.run.play, iter([3.0, 5.0, 4.0, 5.0]), []
 
     def scripted_play(agent_for, cfg, **kwargs):
         results = real_play(agent_for, cfg, **kwargs)
-        snapshots.append({k: v.clone() for k, v in agent_for(None).q.state_dict().items()})
+        snapshots.append({k: v.clone() for k, v in agent_for(None).policy_state_dict().items()})
         return {**results, "mean": next(means)}
 
-    monkeypatch.setattr(agents.runner, "play", scripted_play)
+    monkeypatch.setattr(agents.run, "play", scripted_play)
     assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "100",
                                     "--eval-every", "200", "--eval-episodes", "1", "--run-dir", str(tmp_path),
                                     *QUIET]) == 0
@@ -277,10 +277,10 @@ def test_best_evaluation_keeps_its_network_as_best_pt(tmp_path, monkeypatch):
 def test_target_return_stops_at_the_first_evaluation_that_reaches_it(target, stops_at, tmp_path, monkeypatch, capsys):
     """target_return ends the run at the first periodic evaluation whose mean reaches it (status "solved",
     latest.pt and run.json at that step); a target never reached leaves the run to total_steps."""
-    import agents.runner
+    import agents.run
 
-    real_play, means = agents.runner.play, iter([3.0, 5.0, 4.0, 5.0])
-    monkeypatch.setattr(agents.runner, "play",
+    real_play, means = agents.run.play, iter([3.0, 5.0, 4.0, 5.0])
+    monkeypatch.setattr(agents.run, "play",
                         lambda agent_for, cfg, **kw: {**real_play(agent_for, cfg, **kw), "mean": next(means)})
     assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "100",
                                     "--eval-every", "200", "--eval-episodes", "1", "--target-return", str(target),

@@ -1,0 +1,109 @@
+"""agents/run.py: the skeleton every training loop runs on (schedule, tail, run.json, save and load)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from agents.build import make_agent
+from agents.run import Every, Run, RunOwner, TrainingDiverged, prepare_run_dir, updates_due
+from rl import checkpoint as ckpt
+from rl.config import ConfigError, TrainConfig, from_dict, load_preset
+
+CARTPOLE = from_dict(TrainConfig, load_preset("cartpole"))
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def new_run(tmp_path, **changes) -> Run:
+    cfg = dataclasses.replace(CARTPOLE, **changes)
+    prepare_run_dir(tmp_path, cfg, "cartpole")
+    return Run(cfg, tmp_path, make_agent(cfg, (4,), 2), preset="cartpole", show_progress=False,
+               meta=lambda: {"owner": [1, 2]})
+
+
+def stepping(run: Run, steps: int, on_log=lambda: None):
+    """A loop body: ``steps`` agent steps per iteration (a 10-step game ends at step 100), then the tail."""
+    def body(loop):
+        status = None
+        while status is None:
+            loop.record(steps, [(10.0, 10)] if run.step + steps == 100 else [])
+            status = loop.end_of_step(on_log)
+        return status
+    return body
+
+
+def test_every_is_due_once_per_multiple_reached():
+    every = Every(5, step=3)
+    assert [every.due(s) for s in (4, 5, 7, 12, 14, 15)] == [False, True, False, True, False, True]
+    assert not any(Every(0, 0).due(s) for s in (0, 10, 10**9))            # 0: never
+
+
+def test_updates_are_owed_per_train_frequency_and_forgiven_while_paused(tmp_path):
+    run = new_run(tmp_path, learning_starts=100, train_frequency=4, batch_size=32)
+    run.step = 140
+    assert updates_due(140, run.cfg) == run.updates_owed() == 10
+    assert run.pause_learning(replay_size=31)                              # less than a batch: forgiven
+    assert run.skipped_updates == 10 and run.updates_owed() == 0
+    run.step = 148
+    assert not run.pause_learning(replay_size=32) and run.updates_owed() == 2
+    run.refill("no replay")
+    assert run.refill_until == 248 and "refilling 100 steps" in run.resume_note
+    assert run.pause_learning(replay_size=10**6) and run.updates_owed() == 0
+
+
+def test_the_tail_logs_evaluates_checkpoints_and_stops_in_that_order(tmp_path):
+    run = new_run(tmp_path, log_every=100, eval_every=200, checkpoint_every=300, eval_episodes=1,
+                  keep_checkpoints=5, target_return=0.0)
+    seen = []
+    body = stepping(run, 50, lambda: seen.append(("log", run.step)))
+    assert run.train(body, stop_at=450, example_obs=np.zeros((1, 4), np.float32)) == "stopped"
+    assert seen == [("log", s) for s in (100, 200, 300, 400)]
+    evaluations = [json.loads(line)["step"] for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    assert evaluations == [200, 400] and run.episodes == 1
+    assert [p.name for p in run.checkpoints.periodic()] == ["step_000000000300.pt"]
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "stopped"
+    meta = ckpt.decode_meta(ckpt.load(run.checkpoints.latest)["meta"])
+    assert (meta["step"], meta["episodes"], meta["owner"]) == (450, 1, [1, 2])
+
+
+def test_a_target_return_reached_ends_the_run_as_solved(tmp_path):
+    run = new_run(tmp_path, eval_every=100, eval_episodes=1, target_return=1.0)
+    assert run.train(stepping(run, 100), stop_at=None, example_obs=np.zeros((1, 4), np.float32)) == "solved"
+    assert run.step == 100 and (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+def test_a_diverged_run_says_failed_and_saves_nothing(tmp_path):
+    run = new_run(tmp_path)
+
+    def body(loop):
+        loop.record(10, [])
+        run.check_finite({"td_loss": float("nan")})
+
+    with pytest.raises(TrainingDiverged, match="td_loss=nan"):
+        run.train(body, stop_at=None, example_obs=np.zeros((1, 4), np.float32))
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+    assert not run.checkpoints.latest.exists()
+
+
+def test_load_continues_the_counters_and_the_preset(tmp_path):
+    run = new_run(tmp_path)
+    run.step, run.episodes, run.skipped_updates = 1234, 5, 7
+    run.save()
+    again = Run(run.cfg, tmp_path, make_agent(run.cfg, (4,), 2), preset=None, show_progress=False, meta=dict)
+    assert again.load("cpu")["owner"] == [1, 2]
+    assert (again.step, again.episodes, again.skipped_updates, again.preset) == (1234, 5, 7, "cartpole")
+
+
+def test_a_run_directory_is_never_reused(tmp_path):
+    new_run(tmp_path)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run_dir(tmp_path, CARTPOLE, "cartpole")
+
+
+def test_run_owners_show_the_runs_counters(tmp_path):
+    owner = RunOwner()
+    owner.run = new_run(tmp_path)
+    owner.run.refill("why")
+    assert owner.step == 0 and owner.checkpoints is owner.run.checkpoints and owner.resume_note.startswith("why")
