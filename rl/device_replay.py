@@ -32,7 +32,7 @@ import json
 import numpy as np
 import torch
 
-from rl.replay import FIRST, TERMINATED, TRUNCATED, Batch, ReplayBuffer, ReplaySpec
+from rl.replay import FIRST, TERMINATED, TRUNCATED, Batch, ReplayBuffer, ReplaySpec, StreamWindow
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -50,21 +50,15 @@ def _seed_from(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") & (2**63 - 1)
 
 
-class DeviceReplayBuffer:
+class DeviceReplayBuffer(StreamWindow):
     """Uniform replay in ``device`` memory; ``add``/``sample``/``gather``/``state_dict`` as ReplayBuffer's,
     with torch tensors on ``device`` in the returned :class:`Batch`."""
 
     def __init__(self, spec: ReplaySpec, seed: int = 0, device: str | torch.device = "cpu"):
         self.spec = spec
         self.device = torch.device(device)
-        self.stack = spec.stack
-        self.n = spec.n_step
-        self.gamma = spec.gamma
-        self.num_envs = spec.num_envs
-        self.slots = spec.capacity // spec.num_envs  # per stream
-        self.frame_shape = tuple(spec.obs_shape[1:]) if spec.stack > 1 else tuple(spec.obs_shape)
-        if spec.stack > 1 and spec.obs_shape[0] != spec.stack:
-            raise ValueError(f"obs_shape {spec.obs_shape} does not start with the stack size {spec.stack}")
+        self.stack, self.n, self.gamma, self.num_envs = spec.stack, spec.n_step, spec.gamma, spec.num_envs
+        self.slots, self.frame_shape = spec.slots, spec.frame_shape
         dev, N = self.device, self.num_envs
         self.frame_dtype = torch_dtype(spec.obs_dtype)
         action_dtype = torch.uint8 if spec.num_actions <= 256 else torch.int32
@@ -143,21 +137,7 @@ class DeviceReplayBuffer:
         self._put(self.final_pool[row], frame)
         return row
 
-    def __len__(self) -> int:
-        """Transitions that can be sampled now."""
-        lo, hi = self._age_range()
-        return max(0, hi - lo + 1) * self.num_envs
-
     # --- reading --------------------------------------------------------------------------
-    def _age_range(self) -> tuple[int, int]:
-        """Sampleable ages (0 = oldest slot). The newest n slots lack their n-step future; once the
-        buffer has wrapped, the oldest stack-1 slots lack their history."""
-        lo = self.stack - 1 if self.size == self.slots else 0
-        return lo, self.size - 1 - self.n
-
-    def _oldest(self) -> int:
-        return self.cursor if self.size == self.slots else 0
-
     def sample(self, batch_size: int) -> Batch:
         lo, hi = self._age_range()  # host counters: no device sync
         if hi < lo:

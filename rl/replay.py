@@ -46,6 +46,20 @@ class ReplaySpec:
     gamma: float = 0.99
     num_actions: int = 256
 
+    def __post_init__(self):
+        if self.stack > 1 and self.obs_shape[0] != self.stack:
+            raise ValueError(f"obs_shape {self.obs_shape} does not start with the stack size {self.stack}")
+
+    @property
+    def slots(self) -> int:
+        """Slots per env stream."""
+        return self.capacity // self.num_envs
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """What one slot stores: the newest frame of a stack, or the whole observation."""
+        return tuple(self.obs_shape[1:]) if self.stack > 1 else tuple(self.obs_shape)
+
 
 class StepWriter:
     """Something that stores vector steps: ``add`` takes each step's first-of-episode flags explicitly,
@@ -74,20 +88,41 @@ class StepWriter:
         self.first = np.array(first, bool)
 
 
-class ReplayBuffer(StepWriter):
+class StreamWindow:
+    """Which slots of ``num_envs`` lockstep ring streams can be sampled, from the write position alone
+    (``slots`` per stream, ``size`` filled, ``cursor`` next to write, ``stack`` frames of history and
+    ``n`` steps of future per sample); shared by the host and the device replay."""
+
+    stack: int
+    n: int
+    num_envs: int
+    slots: int
+    size: int
+    cursor: int
+
+    def __len__(self) -> int:
+        """Transitions that can be sampled now."""
+        lo, hi = self._age_range()
+        return max(0, hi - lo + 1) * self.num_envs
+
+    def _age_range(self) -> tuple[int, int]:
+        """Sampleable ages (0 = oldest slot). The newest n slots lack their n-step future; once the
+        buffer has wrapped, the oldest stack-1 slots lack their history."""
+        lo = self.stack - 1 if self.size == self.slots else 0
+        return lo, self.size - 1 - self.n
+
+    def _oldest(self) -> int:
+        return self.cursor if self.size == self.slots else 0
+
+
+class ReplayBuffer(StepWriter, StreamWindow):
     """Uniform replay over ``num_envs`` lockstep streams; see the module docstring."""
 
     def __init__(self, spec: ReplaySpec, seed: int = 0):
         super().__init__(spec.num_envs)
         self.spec = spec
-        self.stack = spec.stack
-        self.n = spec.n_step
-        self.gamma = spec.gamma
-        self.num_envs = spec.num_envs
-        self.slots = spec.capacity // spec.num_envs  # per stream
-        self.frame_shape = tuple(spec.obs_shape[1:]) if spec.stack > 1 else tuple(spec.obs_shape)
-        if spec.stack > 1 and spec.obs_shape[0] != spec.stack:
-            raise ValueError(f"obs_shape {spec.obs_shape} does not start with the stack size {spec.stack}")
+        self.stack, self.n, self.gamma, self.num_envs = spec.stack, spec.n_step, spec.gamma, spec.num_envs
+        self.slots, self.frame_shape = spec.slots, spec.frame_shape
         action_dtype = np.uint8 if spec.num_actions <= 256 else np.int32
         # np.zeros maps untouched pages lazily: memory grows as the buffer fills.
         self.frames = np.zeros((self.slots, self.num_envs, *self.frame_shape), dtype=spec.obs_dtype)
@@ -124,11 +159,6 @@ class ReplayBuffer(StepWriter):
                 self.final_frames[t * self.num_envs + int(e)] = finals[e].copy()
         self.cursor = (t + 1) % self.slots
         self.size = min(self.size + 1, self.slots)
-
-    def __len__(self) -> int:
-        """Transitions that can be sampled now."""
-        lo, hi = self._age_range()
-        return max(0, hi - lo + 1) * self.num_envs
 
     def cut_streams(self, tail_obs: np.ndarray) -> None:
         """End every stream that is still open at its newest slot, as a time-limit cut that bootstraps from
@@ -170,15 +200,6 @@ class ReplayBuffer(StepWriter):
         return float(len(self))
 
     # --- reading --------------------------------------------------------------------------
-    def _age_range(self) -> tuple[int, int]:
-        """Sampleable ages (0 = oldest slot). The newest n slots lack their n-step future; once the
-        buffer has wrapped, the oldest stack-1 slots lack their history."""
-        lo = self.stack - 1 if self.size == self.slots else 0
-        return lo, self.size - 1 - self.n
-
-    def _oldest(self) -> int:
-        return self.cursor if self.size == self.slots else 0
-
     def stacks(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
         """Observations at slots ``t`` [B] of streams ``env`` [B], frames before an episode start zeroed."""
         if self.stack == 1:
