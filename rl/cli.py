@@ -7,14 +7,13 @@ import difflib
 import importlib.util
 import re
 import sys
-import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import tomllib
 
-from rl.config import ConfigError
+from rl.config import ConfigError, field_kind
 
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
 
@@ -67,14 +66,14 @@ def parse_cli_value(text: str) -> Any:
         return text
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, shown=None, shown_as: str = "default") -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls, shown=None, shown_as: str = "default",
+                     title: str = "config overrides (any config.toml key)") -> None:
     """One ``--kebab-case`` flag per field; values stay unset (None) unless given. ``--help`` shows each
     value of ``shown`` (the config the command would run with; the dataclass defaults if None)."""
-    group = parser.add_argument_group("config overrides (any config.toml key)")
-    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
     shown = shown if shown is not None else cls()
     for f in fields(cls):
-        kind = typing.get_origin(hints[f.name]) or hints[f.name]
+        kind = field_kind(cls, f.name)
         help_text = f"{f.metadata.get('help', '')} ({shown_as}: {getattr(shown, f.name)})"
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import shutil
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -157,6 +158,33 @@ class TrainConfig:
                                       low=0)
 
 
+@dataclass
+class EvaluateConfig:
+    """rl-evaluate's settings (and rl_dqn.evaluate's): which games are played and how."""
+
+    episodes: int = setting(30, "full games to play", low=1, high=1_000_000)
+    epsilon: float | None = setting(None, "exploration during evaluation (unset: the run's eval_epsilon; 0.05 is the "
+                                          "Nature protocol, 0.001 DrQ(epsilon)'s)", low=0.0, high=1.0)
+    seed: int = setting(EVALUATE_SEED, "evaluation seed, distinct from training", low=0, high=2**31 - 1)
+    num_envs: int | None = setting(None, f"parallel games (unset: min(episodes, {EVALUATE_ENVS}))", low=1, high=1024)
+    device: str = setting("cpu", "where the network plays", choices=("auto", "cpu", "cuda"))
+    online: bool = setting(False, "play the online weights even where the run kept a weight average for evaluation "
+                                  "(eval_ema > 0), which is what plays by default")
+    video_episodes: int | None = setting(None, "with a video: film only the first this many games (unset: all)",
+                                         low=1)
+
+
+def check_evaluate(cfg: EvaluateConfig, filming: bool) -> EvaluateConfig:
+    """Cross-field rules for EvaluateConfig; ``filming``: a video path was given."""
+    if cfg.video_episodes is not None:
+        if not filming:
+            raise ConfigError("video_episodes needs a video to film into (rl-evaluate --video PATH)")
+        if cfg.video_episodes > cfg.episodes:
+            raise ConfigError(f"video_episodes = {cfg.video_episodes} is not allowed: must be <= episodes "
+                              f"({cfg.episodes})")
+    return cfg
+
+
 def field_specs(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(cls)}
 
@@ -211,11 +239,29 @@ def _in_bounds(f: dataclasses.Field, value: Any) -> bool:
                 or (high is not None and value > high))
 
 
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """``T | None`` -> (T, True); any other hint -> (hint, False)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return hint, False
+
+
+def field_kind(cls, name: str) -> type:
+    """The plain type a setting's values have (int, float, str, bool, list, dict), ``T | None`` unwrapped:
+    what the command line parses its flag as."""
+    hint, _ = _unwrap_optional(typing.get_type_hints(cls)[name])
+    return typing.get_origin(hint) or hint
+
+
 def _check_value(cls, f: dataclasses.Field, value: Any) -> Any:
     """Coerce ``value`` to the field's type and check its bounds and choices; raise ConfigError otherwise.
     A ``list[T]`` setting checks every item as a ``T`` against the field's bounds (``hidden_sizes``: whole
     numbers >= 1; ``gym_packages``: strings)."""
-    name, hint = f.name, typing.get_type_hints(cls)[f.name]
+    name, (hint, optional) = f.name, _unwrap_optional(typing.get_type_hints(cls)[f.name])
+    if value is None and optional:
+        return None                               # "unset": the setting's help says what that means
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         coerced = [_coerce(item, v) for v in value] if isinstance(value, list) else [(False, None)]

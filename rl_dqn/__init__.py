@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rl.checkpoint import CheckpointError
-from rl.config import EVALUATE_ENVS, EVALUATE_SEED, ConfigError, TrainConfig
+from rl.config import EVALUATE_ENVS, ConfigError, TrainConfig
 
 __all__ = ["ConfigError", "CheckpointError", "Policy", "TrainingRun", "evaluate", "load_policy", "train"]
 
@@ -137,26 +137,23 @@ def load_policy(checkpoint: str | Path, device: str = "cpu", online: bool = Fals
     return Policy(checkpoint, device, online)
 
 
-def evaluate(checkpoint: str | Path, episodes: int = 30, *, epsilon: float | None = None,
-             seed: int = EVALUATE_SEED, num_envs: int | None = None, online: bool = False, device: str = "auto",
-             video: str | Path | None = None, json_path: str | Path | None = None) -> dict[str, Any]:
+def evaluate(checkpoint: str | Path, episodes: int = 30, *, video: str | Path | None = None,
+             json_path: str | Path | None = None, **settings: Any) -> dict[str, Any]:
     """Score a checkpoint or policy file as ``rl-evaluate`` does (full games, raw score, the run's eval_epsilon
-    unless ``epsilon``) and return the same dict its ``--json`` writes (mean, std, median, min, max,
-    returns, protocol, human_normalized on Atari)."""
+    unless ``epsilon``) and return the same dict its ``--json`` writes (mean, std, median, min, max, returns,
+    protocol, human_normalized on Atari). ``settings`` are rl-evaluate's: epsilon, seed, num_envs, device,
+    online, video_episodes (``rl-evaluate --help``), checked the same way."""
     from agents.dqn import resolve_device
     from agents.evaluation import play, saved_player
+    from rl.config import EvaluateConfig, check_evaluate, from_dict
 
-    if episodes < 1:
-        raise ConfigError(f"episodes = {episodes} is not allowed: must be >= 1")
-    if epsilon is not None and not 0.0 <= epsilon <= 1.0:
-        raise ConfigError(f"epsilon = {epsilon} is not allowed: must be between 0 and 1")
-    if num_envs is not None and num_envs < 1:
-        raise ConfigError(f"num_envs = {num_envs} is not allowed: must be >= 1")
-    cfg, agent_for = saved_player(Path(checkpoint), resolve_device(device), online=online)
-    results = play(agent_for, cfg, episodes=episodes, epsilon=cfg.eval_epsilon if epsilon is None else epsilon,
-                   seed=seed, num_envs=num_envs or EVALUATE_ENVS, video=None if video is None else Path(video))
+    run = check_evaluate(from_dict(EvaluateConfig, {"episodes": episodes, **settings}), filming=video is not None)
+    cfg, agent_for = saved_player(Path(checkpoint), resolve_device(run.device), online=run.online)
+    epsilon = cfg.eval_epsilon if run.epsilon is None else run.epsilon
+    results = play(agent_for, cfg, episodes=run.episodes, epsilon=epsilon, seed=run.seed,
+                   num_envs=run.num_envs or EVALUATE_ENVS, video=None if video is None else Path(video),
+                   video_episodes=run.video_episodes)
     results["checkpoint"] = str(checkpoint)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(results, indent=1))
     return results
-

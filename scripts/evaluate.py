@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from rl.cli import ArgumentParser, run_cli
-from rl.config import EVALUATE_ENVS, EVALUATE_SEED, ConfigError
+from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli
+from rl.config import EVALUATE_ENVS, ConfigError, EvaluateConfig, check_evaluate, from_dict
 
 
 def build_parser() -> ArgumentParser:
@@ -20,41 +20,18 @@ def build_parser() -> ArgumentParser:
                             "raw scores.")
     parser.add_argument("checkpoint", type=Path, help="a .pt file written by rl-train (e.g. RUN/checkpoints/latest.pt) "
                         "or by rl-export")
-    parser.add_argument("--episodes", type=int, default=30, help="full games to play (default: 30)")
-    parser.add_argument("--epsilon", type=float, default=None, help="exploration during evaluation (default: the "
-                        "run's eval_epsilon: 0.05, the Nature protocol; 0.001 in breakout-100k, DrQ(epsilon)'s)")
-    parser.add_argument("--seed", type=int, default=EVALUATE_SEED,
-                        help=f"evaluation seed, distinct from training (default: {EVALUATE_SEED})")
-    parser.add_argument("--num-envs", type=int, default=None,
-                        help=f"parallel games (default: min(episodes, {EVALUATE_ENVS}))")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--video", type=Path, metavar="PATH", help="also write the games, full-size RGB, one after "
                         "another: MP4, or GIF when PATH ends in .gif (needs the video extra)")
-    parser.add_argument("--video-episodes", type=int, metavar="K", help="film only the first K games (default: all)")
-    parser.add_argument("--online", action="store_true", help="play the online weights even where the run kept "
-                        "a weight average for evaluation (eval_ema > 0), which is what it plays by default (a policy "
-                        "file holds one of the two: rl-export --online exports the online weights)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the games (for logs and CI)")
+    add_config_flags(parser, EvaluateConfig, title="evaluation settings")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes {args.episodes} is not allowed: must be >= 1")
-    if args.epsilon is not None and not 0.0 <= args.epsilon <= 1.0:
-        raise ConfigError(f"--epsilon {args.epsilon} is not allowed: must be between 0 and 1")
-    if args.num_envs is not None and args.num_envs < 1:
-        raise ConfigError(f"--num-envs {args.num_envs} is not allowed: must be >= 1")
-    if not 0 <= args.seed < 2**31:
-        raise ConfigError(f"--seed {args.seed} is not allowed: must be in [0, 2^31)")
-    if args.video_episodes is not None:
-        if args.video is None:
-            raise ConfigError("--video-episodes needs --video PATH")
-        if not 1 <= args.video_episodes <= args.episodes:
-            raise ConfigError(f"--video-episodes {args.video_episodes} is not allowed: "
-                              f"must be between 1 and --episodes ({args.episodes})")
+    settings = check_evaluate(from_dict(EvaluateConfig, overrides_from_args(args, EvaluateConfig)),
+                              filming=args.video is not None)
 
     from agents.dqn import resolve_device
     from agents.evaluation import play, protocol_line, saved_player, score_line
@@ -62,9 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rl.checkpoint import CheckpointError
     from rl.logging import Progress
 
-    device = resolve_device(args.device)
+    device = resolve_device(settings.device)
     try:
-        cfg, saved_agent = saved_player(args.checkpoint, device, online=args.online)
+        cfg, saved_agent = saved_player(args.checkpoint, device, online=settings.online)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
     if cfg.torch_threads:
@@ -79,13 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"--video {str(args.video)!r}: cannot create its directory: {exc.strerror}") from None
 
-    epsilon = cfg.eval_epsilon if args.epsilon is None else args.epsilon
+    epsilon = cfg.eval_epsilon if settings.epsilon is None else settings.epsilon
     # At epsilon 0.001 a game can run to the 108,000-frame cap: the bar shows the games done and their mean.
-    progress = Progress(args.episodes, window=args.episodes, unit="game", unit_scale=False,
+    progress = Progress(settings.episodes, window=settings.episodes, unit="game", unit_scale=False,
                         disable=args.no_progress or None)
     try:
-        results = play(saved_agent, cfg, episodes=args.episodes, epsilon=epsilon, seed=args.seed,
-                       num_envs=args.num_envs or EVALUATE_ENVS, video=args.video, video_episodes=args.video_episodes,
+        results = play(saved_agent, cfg, episodes=settings.episodes, epsilon=epsilon, seed=settings.seed,
+                       num_envs=settings.num_envs or EVALUATE_ENVS, video=args.video,
+                       video_episodes=settings.video_episodes,
                        on_game=lambda score, length: progress.update(1, [score]))
     finally:
         progress.close()

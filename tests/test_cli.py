@@ -84,7 +84,8 @@ def test_evaluate_rejects_missing_or_corrupt_checkpoint(content, expect, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv,text", [(["--episodes", "0"], "--episodes 0"), (["--epsilon", "2"], "--epsilon 2.0")])
+@pytest.mark.parametrize("argv,text", [(["--episodes", "0"], "episodes = 0"), (["--epsilon", "2"], "epsilon = 2"),
+                                       (["--epsilon", "-1e-2"], "epsilon = -0.01"), (["--seed", "-1"], "seed = -1")])
 def test_evaluate_rejects_bad_numbers(argv, text, tmp_path, capsys):
     code, err = run_main(evaluate.main, [str(tmp_path / "x.pt"), *argv], capsys)
     assert code == 2 and len(err) == 1 and text in err[0]

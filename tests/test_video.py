@@ -188,8 +188,9 @@ def test_evaluate_control_gif_defaults_to_all_games(cartpole_checkpoint, tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["--video", "x.avi"], "must end in .mp4 or .gif"),
-    (["--video-episodes", "2"], "--video-episodes needs --video"),
-    (["--video", "x.mp4", "--video-episodes", "5", "--episodes", "3"], "between 1 and --episodes (3)"),
+    (["--video-episodes", "2"], "video_episodes needs a video to film into (rl-evaluate --video PATH)"),
+    (["--video", "x.mp4", "--video-episodes", "5", "--episodes", "3"],
+     "video_episodes = 5 is not allowed: must be <= episodes (3)"),
 ])
 def test_evaluate_video_bad_input(cartpole_checkpoint, tmp_path, capsys, args, message):
     args = [a.replace("x.", str(tmp_path / "x.")) for a in args]
