@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import tomllib
 
-from rl.config import ConfigError, field_kind
+from rl.settings import ConfigError, field_kind
 
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$")
 

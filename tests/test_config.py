@@ -1,4 +1,5 @@
-"""rl/config.py: one declaration per setting drives flags, TOML, validation, --help and the README."""
+"""rl/config.py and rl/settings.py: one declaration per setting drives flags, TOML, validation, --help and the
+README."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,16 +12,8 @@ import pytest
 import tomllib
 
 from rl.cli import run_cli
-from rl.config import (
-    ConfigError,
-    TrainConfig,
-    base_config,
-    dumps_toml,
-    field_specs,
-    from_dict,
-    resumable_keys,
-    validate_train,
-)
+from rl.config import TrainConfig, base_config, dumps_toml, resumable_keys, validate_train
+from rl.settings import ConfigError, field_specs, from_dict
 from scripts import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
