@@ -74,7 +74,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, shown=None, shown_as:
     shown = shown if shown is not None else cls()
     for f in fields(cls):
         kind = field_kind(cls, f.name)
-        help_text = f"{f.metadata.get('help', '')} ({shown_as}: {getattr(shown, f.name)})"
+        value = getattr(shown, f.name)
+        help_text = f"{f.metadata.get('help', '')} ({shown_as}: {'unset' if value is None else value})"
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
