@@ -21,12 +21,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from agents.build import validated
 from agents.dqn import DQNAgent
 from agents.evaluation import play, protocol_line, score_line
 from agents.policy import is_policy_file, load_training_checkpoint
 from envs import is_atari
 from rl import checkpoint as ckpt
-from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
+from rl.config import ConfigError, TrainConfig, base_config, dumps_toml, from_dict, load_toml, resumable_keys
 from rl.logging import Logger, Progress, RateMeter, process_identity, read_evaluations
 from rl.replay import ReplayBuffer
 
@@ -103,6 +104,22 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     if not path.exists():
         raise ConfigError(f"--resume {str(run_dir)!r}: no config.toml there; pass a directory made by rl-train")
     return from_dict(TrainConfig, load_toml(path))
+
+
+def new_config(preset: str | None, config_file: str | Path | None, overrides: dict[str, Any]
+               ) -> tuple[TrainConfig, str]:
+    """defaults <- preset (breakout unless named) <- config file <- ``overrides``, validated; and the preset."""
+    cfg, preset = base_config(preset, config_file)
+    return validated(from_dict(TrainConfig, overrides, base=cfg)), preset
+
+
+def resumed_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of the run in ``run_dir`` with ``overrides`` of resumable settings only, validated."""
+    resumable = resumable_keys()
+    fixed = sorted(set(overrides) - resumable)
+    if fixed:
+        raise ConfigError(f"{fixed[0]} cannot change when resuming; resumable: {', '.join(sorted(resumable))}")
+    return validated(from_dict(TrainConfig, overrides, base=load_run_config(run_dir)))
 
 
 class Every:

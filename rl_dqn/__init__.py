@@ -52,10 +52,8 @@ def train(preset: str | None = None, run_dir: str | Path | None = None, *, confi
     (only resumable keys may be overridden). ``stop_at`` checkpoints and stops once that many agent steps
     are done. Raises ConfigError for bad input before any work.
     """
-    from agents.build import validated
-    from agents.run import load_run_config, prepare_run_dir
+    from agents.run import new_config, prepare_run_dir, resumed_config
     from agents.runner import Trainer
-    from rl.config import base_config, from_dict, resumable_keys
     from rl.logging import read_evaluations
 
     if stop_at is not None and stop_at < 1:
@@ -63,17 +61,13 @@ def train(preset: str | None = None, run_dir: str | Path | None = None, *, confi
     if resume is not None:
         if preset is not None or config is not None or run_dir is not None:
             raise ConfigError("resume takes the run's saved config; drop preset, config and run_dir")
-        fixed = sorted(set(overrides) - resumable_keys())
-        if fixed:
-            raise ConfigError(f"{fixed[0]} cannot change when resuming; allowed: {', '.join(sorted(resumable_keys()))}")
         run_dir = Path(resume)
-        cfg = validated(from_dict(TrainConfig, overrides, base=load_run_config(run_dir)))
+        cfg = resumed_config(run_dir, overrides)
     else:
         if run_dir is None:
             raise ConfigError("run_dir is required: the directory the run writes its config, events and checkpoints to")
         run_dir = Path(run_dir)
-        cfg, preset = base_config(preset, config)
-        cfg = validated(from_dict(TrainConfig, overrides, base=cfg))
+        cfg, preset = new_config(preset, config, overrides)
         prepare_run_dir(run_dir, cfg, preset)
     trainer = Trainer(cfg, run_dir, preset=preset, show_progress=progress)
     try:

@@ -20,7 +20,7 @@ from rl.cli import (
     overrides_from_args,
     run_cli,
 )
-from rl.config import DEFAULT_PRESET, ConfigError, TrainConfig, base_config, from_dict, preset_names, resumable_keys
+from rl.config import DEFAULT_PRESET, ConfigError, TrainConfig, base_config, preset_names
 
 
 def shown_config(argv: Sequence[str] | None) -> tuple[TrainConfig, str]:
@@ -56,21 +56,13 @@ def build_parser(argv: Sequence[str] | None = None) -> ArgumentParser:
 
 def resolve_config(args) -> tuple[TrainConfig, str | None, Path]:
     """defaults <- preset <- --config file <- flags, validated; or the saved config of --resume."""
-    from agents.build import validated
+    from agents.run import new_config, resumed_config
     overrides = overrides_from_args(args, TrainConfig)
     if args.resume is not None:
-        from agents.run import load_run_config
         if args.preset or args.config or args.run_dir:
             raise ConfigError("--resume takes the run's saved config; drop --preset, --config and --run-dir")
-        cfg = load_run_config(args.resume)
-        resumable = resumable_keys()
-        fixed = sorted(set(overrides) - resumable)
-        if fixed:
-            raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; "
-                              f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(resumable))}")
-        return validated(from_dict(TrainConfig, overrides, base=cfg)), None, args.resume
-    cfg, preset = base_config(args.preset, args.config)
-    cfg = validated(from_dict(TrainConfig, overrides, base=cfg))
+        return resumed_config(args.resume, overrides), None, args.resume
+    cfg, preset = new_config(args.preset, args.config, overrides)
     name = preset if args.config is None else f"{preset}+{Path(args.config).stem}"
     run_dir = args.run_dir or Path("runs") / f"{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, preset, run_dir
