@@ -17,7 +17,7 @@ import torch
 from agents.dqn import DQNAgent, weights_played
 from agents.policy import load_policy
 from envs.base import VecEnv
-from rl.config import EVALUATE_ENVS, EVALUATE_SEED, TrainConfig
+from rl.config import EVALUATE_ENVS, EvaluateConfig, TrainConfig
 
 
 def quotas(episodes: int, num_envs: int) -> list[int]:
@@ -110,12 +110,21 @@ def saved_player(path: str | Path, device: torch.device, *, online: bool = False
     return policy.cfg, lambda env: policy.agent(env.obs_shape, env.num_actions, device)
 
 
+def play_as_set(agent_for: Callable[[VecEnv], Any], cfg, settings: EvaluateConfig, *, video: Path | None = None,
+                on_game: Callable[[float, int], None] | None = None) -> dict[str, Any]:
+    """:func:`play` with rl-evaluate's settings: the run's eval_epsilon unless ``settings.epsilon``, up to
+    EVALUATE_ENVS games at once unless ``settings.num_envs``."""
+    epsilon = cfg.eval_epsilon if settings.epsilon is None else settings.epsilon
+    return play(agent_for, cfg, episodes=settings.episodes, epsilon=epsilon, seed=settings.seed,
+                num_envs=settings.num_envs or EVALUATE_ENVS, video=video, video_episodes=settings.video_episodes,
+                on_game=on_game)
+
+
 def evaluate_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
     """Score a checkpoint file exactly as ``rl-evaluate PATH --episodes <eval_episodes>`` does: the run's
     ``eval_episodes`` full games at its ``eval_epsilon``, seed EVALUATE_SEED, up to EVALUATE_ENVS at once."""
     cfg, agent_for = saved_player(path, device)
-    return play(agent_for, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon, seed=EVALUATE_SEED,
-                num_envs=EVALUATE_ENVS)
+    return play_as_set(agent_for, cfg, EvaluateConfig(episodes=cfg.eval_episodes))
 
 
 def protocol_line(results: dict[str, Any]) -> str:

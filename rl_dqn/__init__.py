@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rl.checkpoint import CheckpointError
-from rl.config import EVALUATE_ENVS, ConfigError, TrainConfig
+from rl.config import ConfigError, TrainConfig
 
 __all__ = ["ConfigError", "CheckpointError", "Policy", "TrainingRun", "evaluate", "load_policy", "train"]
 
@@ -138,15 +138,12 @@ def evaluate(checkpoint: str | Path, episodes: int = 30, *, video: str | Path | 
     protocol, human_normalized on Atari). ``settings`` are rl-evaluate's: epsilon, seed, num_envs, device,
     online, video_episodes (``rl-evaluate --help``), checked the same way."""
     from agents.dqn import resolve_device
-    from agents.evaluation import play, saved_player
+    from agents.evaluation import play_as_set, saved_player
     from rl.config import EvaluateConfig, check_evaluate, from_dict
 
     run = check_evaluate(from_dict(EvaluateConfig, {"episodes": episodes, **settings}), filming=video is not None)
     cfg, agent_for = saved_player(Path(checkpoint), resolve_device(run.device), online=run.online)
-    epsilon = cfg.eval_epsilon if run.epsilon is None else run.epsilon
-    results = play(agent_for, cfg, episodes=run.episodes, epsilon=epsilon, seed=run.seed,
-                   num_envs=run.num_envs or EVALUATE_ENVS, video=None if video is None else Path(video),
-                   video_episodes=run.video_episodes)
+    results = play_as_set(agent_for, cfg, run, video=None if video is None else Path(video))
     results["checkpoint"] = str(checkpoint)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(results, indent=1))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli
-from rl.config import EVALUATE_ENVS, ConfigError, EvaluateConfig, check_evaluate, from_dict
+from rl.config import ConfigError, EvaluateConfig, check_evaluate, from_dict
 
 
 def build_parser() -> ArgumentParser:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               filming=args.video is not None)
 
     from agents.dqn import resolve_device
-    from agents.evaluation import play, protocol_line, saved_player, score_line
+    from agents.evaluation import play_as_set, protocol_line, saved_player, score_line
     from envs import is_atari
     from rl.checkpoint import CheckpointError
     from rl.logging import Progress
@@ -56,15 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"--video {str(args.video)!r}: cannot create its directory: {exc.strerror}") from None
 
-    epsilon = cfg.eval_epsilon if settings.epsilon is None else settings.epsilon
     # At epsilon 0.001 a game can run to the 108,000-frame cap: the bar shows the games done and their mean.
     progress = Progress(settings.episodes, window=settings.episodes, unit="game", unit_scale=False,
                         disable=args.no_progress or None)
     try:
-        results = play(saved_agent, cfg, episodes=settings.episodes, epsilon=epsilon, seed=settings.seed,
-                       num_envs=settings.num_envs or EVALUATE_ENVS, video=args.video,
-                       video_episodes=settings.video_episodes,
-                       on_game=lambda score, length: progress.update(1, [score]))
+        results = play_as_set(saved_agent, cfg, settings, video=args.video,
+                              on_game=lambda score, length: progress.update(1, [score]))
     finally:
         progress.close()
     results["checkpoint"] = str(args.checkpoint)
