@@ -76,6 +76,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, shown=None, shown_as:
         kind = field_kind(cls, f.name)
         value = getattr(shown, f.name)
         help_text = f"{f.metadata.get('help', '')} ({shown_as}: {'unset' if value is None else value})"
+        help_text = help_text.replace("%", "%%")             # argparse %-formats help strings
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import tomllib
 
 from rl.settings import ConfigError, from_dict, setting
+from rl.stats import BOOTSTRAP_REPS
 
 EVALUATE_SEED = 12345        # rl-evaluate's default --seed; rl-sweep scores checkpoints with it too
 EVALUATE_ENVS = 8            # rl-evaluate's default --num-envs (fewer when fewer games are played)
@@ -156,6 +157,40 @@ class EvaluateConfig:
                                   "(eval_ema > 0), which is what plays by default")
     video_episodes: int | None = setting(None, "with a video: film only the first this many games (unset: all)",
                                          low=1)
+
+
+@dataclass
+class RecordConfig:
+    """``rl-supervised record``'s settings: how a trained agent plays while its demonstrations are recorded."""
+
+    steps: int = setting(5000, "agent steps to record, all envs together", low=1)
+    epsilon: float = setting(0.0, "chance of a random action while recording; labels stay greedy", low=0.0, high=1.0)
+    seed: int = setting(0, "environment seed", low=0, high=2**31 - 1)
+    num_envs: int = setting(4, "parallel environments", low=1, high=1024)
+    device: str = setting("cpu", "where the network plays", choices=("auto", "cpu", "cuda"))
+    torch_threads: int = setting(1, "torch intra-op threads (1 is fastest for small networks; 0 = torch's default)",
+                                 low=0)
+
+
+@dataclass
+class BenchConfig:
+    """``rl-bench``'s measurement sizes (the config it measures is a TrainConfig)."""
+
+    env_steps: int = setting(20_000, "agent steps for the env ceiling", low=1)
+    updates: int = setting(100, "gradient updates for the learner ceiling", low=1)
+    replay_steps: int = setting(20_000, "transitions inserted for the replay figures", low=1)
+    train_steps: int = setting(4_000, "agent steps of real training, after learning starts", low=1)
+    fill_steps: int = setting(2_000, "agent steps before learning starts in that run", low=1)
+
+
+@dataclass
+class SweepConfig:
+    """``rl-sweep``'s own settings (its runs are TrainConfigs)."""
+
+    cpus_per_run: float = setting(1.0, "cores Ray reserves for each run; runs go in parallel as cores allow",
+                                  low=0.0, low_open=True)
+    bootstrap_reps: int = setting(BOOTSTRAP_REPS, "bootstrap resamples for each IQM's 95% CI (rliable's default)",
+                                  low=1)
 
 
 def check_evaluate(cfg: EvaluateConfig, filming: bool) -> EvaluateConfig:

@@ -29,20 +29,16 @@ from rl.cli import (
     overrides_from_args,
     run_cli,
 )
-from rl.config import ConfigError, TrainConfig, from_dict, load_preset
+from rl.config import BenchConfig, TrainConfig, from_dict, load_preset
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="rl-bench", description="Measure env, learner, replay and end-to-end throughput.")
     parser.add_argument("--preset", default="breakout", help="settings to measure (default: breakout)")
-    parser.add_argument("--env-steps", type=int, default=20_000, help="agent steps for the env ceiling")
-    parser.add_argument("--updates", type=int, default=100, help="gradient updates for the learner ceiling")
-    parser.add_argument("--replay-steps", type=int, default=20_000, help="transitions inserted for the replay figures")
-    parser.add_argument("--train-steps", type=int, default=4_000, help="agent steps of real training, after learning starts")
-    parser.add_argument("--fill-steps", type=int, default=2_000, help="agent steps before learning starts in that run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     add_distributed_flags(parser, "also measure Ape-X on Ray: env steps/s delivered to the replay by 1..N actors "
                                   "(--env-steps each) and the learner's updates/s on batches from it")
+    add_config_flags(parser, BenchConfig, title="measurement sizes")
     add_config_flags(parser, TrainConfig)
     return parser
 
@@ -215,9 +211,7 @@ def distributed_figures(cfg: TrainConfig, actors: int, steps: int, updates: int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("env_steps", "updates", "replay_steps", "train_steps", "fill_steps"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is not allowed: must be >= 1")
+    sizes = from_dict(BenchConfig, overrides_from_args(args, BenchConfig))
     check_distributed_flags(args)
     cfg = from_dict(TrainConfig, load_preset(args.preset))
     from agents.build import validated
@@ -240,13 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"rl-bench: {args.preset} on {device} ({torch.get_num_threads()} torch threads), {cfg.num_envs} envs, "
           f"batch {cfg.batch_size}, train_frequency {cfg.train_frequency}, {precision}", file=sys.stderr)
 
-    env_rate = env_ceiling(cfg, args.env_steps)
-    update_rate = learner_ceiling(cfg, args.updates, obs_shape, num_actions, obs_dtype)
+    env_rate = env_ceiling(cfg, sizes.env_steps)
+    update_rate = learner_ceiling(cfg, sizes.updates, obs_shape, num_actions, obs_dtype)
     augment = augmentation_ms(cfg, obs_shape, obs_dtype)
-    replay = replay_figures(cfg, args.replay_steps, obs_shape, obs_dtype, num_actions, probe.frame_stack)
-    e2e = end_to_end(cfg, args.fill_steps, args.train_steps)
+    replay = replay_figures(cfg, sizes.replay_steps, obs_shape, obs_dtype, num_actions, probe.frame_stack)
+    e2e = end_to_end(cfg, sizes.fill_steps, sizes.train_steps)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # before Ray joins this process
-    apex = (distributed_figures(cfg, args.actors, args.env_steps, args.updates, args.ray_address, obs_shape,
+    apex = (distributed_figures(cfg, args.actors, sizes.env_steps, sizes.updates, args.ray_address, obs_shape,
                                 obs_dtype, num_actions) if args.actors else None)
     learner_steps = cfg.train_frequency * update_rate
     bound_overlap = min(env_rate, learner_steps)
@@ -281,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("replay sample", f"{replay['sample_batches_per_s']:,.0f} batches/s", f"{replay['sample_ms']:.3f} ms per batch of {cfg.batch_size}"),
         ("replay memory", f"{replay['bytes_per_transition']:,} B/transition",
          f"{replay['bytes_for_buffer_size'] / 1e9:.2f} GB for {cfg.buffer_size:,}"),
-        ("training", f"{e2e:,.0f} steps/s", f"after learning starts, {args.train_steps:,} steps"),
+        ("training", f"{e2e:,.0f} steps/s", f"after learning starts, {sizes.train_steps:,} steps"),
         ("ratio to bound", f"{e2e / bound_overlap:.1%}", f"of min(env, learner) = {bound_overlap:,.0f} steps/s"),
         ("ratio to serial", f"{e2e / bound_serial:.1%}", f"of 1/(1/env + 1/learner) = {bound_serial:,.0f} steps/s"),
         ("peak RSS", f"{peak_rss / 2**20:,.0f} MiB", ""),

@@ -38,7 +38,7 @@ from agents.supervised import (
 from envs import make_env
 from rl import checkpoint as ckpt
 from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli
-from rl.config import ConfigError, TrainConfig, dumps_toml, from_dict, load_toml
+from rl.config import ConfigError, RecordConfig, TrainConfig, dumps_toml, from_dict, load_toml
 from rl.data import BUILTINS, DataError, features, load_dataset, split
 from rl.logging import Logger
 from rl.registry import RegistryError, describe, get_optimizer, optimizer_kwargs, optimizer_names
@@ -76,15 +76,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
         "record", help="record a trained agent's observations and greedy actions, for bc",
         description="Play a trained DQN agent and save (observation, greedy action) pairs as an .npz file.")
     rec.add_argument("checkpoint", type=Path, help="a .pt file written by rl-train")
-    rec.add_argument("--steps", type=int, default=5000, help="agent steps to record, all envs together (default: 5000)")
     rec.add_argument("--out", type=Path, required=True, metavar="PATH.npz", help="the demonstrations file to write")
-    rec.add_argument("--epsilon", type=float, default=0.0,
-                     help="chance of a random action while recording; labels stay greedy (default: 0)")
-    rec.add_argument("--seed", type=int, default=0, help="environment seed (default: 0)")
-    rec.add_argument("--num-envs", type=int, default=4, help="parallel environments (default: 4)")
-    rec.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
-    rec.add_argument("--torch-threads", type=int, default=1,
-                     help="torch intra-op threads (default: 1, fastest for small networks; 0 = torch's default)")
+    add_config_flags(rec, RecordConfig, title="recording settings")
     return parser, subs
 
 
@@ -238,33 +231,24 @@ def sweep(args) -> int:
 
 
 def record(args) -> int:
-    if args.steps < 1:
-        raise ConfigError(f"--steps {args.steps} is not allowed: must be >= 1")
-    if not 0.0 <= args.epsilon <= 1.0:
-        raise ConfigError(f"--epsilon {args.epsilon} is not allowed: must be between 0 and 1")
-    if args.num_envs < 1:
-        raise ConfigError(f"--num-envs {args.num_envs} is not allowed: must be >= 1")
-    if not 0 <= args.seed < 2**31:
-        raise ConfigError(f"--seed {args.seed} is not allowed: must be in [0, 2^31)")
-    if args.torch_threads < 0:
-        raise ConfigError(f"--torch-threads {args.torch_threads} is not allowed: must be >= 0")
+    settings = from_dict(RecordConfig, overrides_from_args(args, RecordConfig))
     if args.out.suffix != ".npz":
         raise ConfigError(f"--out {str(args.out)!r} is not allowed: the file name must end in .npz")
-    device = resolve_device(args.device)
+    device = resolve_device(settings.device)
     cfg, q = load_agent_checkpoint(args.checkpoint, device)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    env = make_env(cfg, num_envs=args.num_envs, seed=args.seed, evaluation=True)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    env = make_env(cfg, num_envs=settings.num_envs, seed=settings.seed, evaluation=True)
     try:
         agent = make_agent(cfg, env.obs_shape, env.num_actions, device)
         agent.load_policy_weights(q)
-        with agent.player(args.seed) as teacher:        # the teacher's weights in eval mode, its own RNG
-            demos = record_demonstrations(teacher, env, args.steps, args.epsilon)
+        with agent.player(settings.seed) as teacher:        # the teacher's weights in eval mode, its own RNG
+            demos = record_demonstrations(teacher, env, settings.steps, settings.epsilon)
     finally:
         env.close()
     returns = demos.pop("returns")
-    recording = {"checkpoint": str(args.checkpoint), "steps": args.steps, "epsilon": args.epsilon,
-                 "seed": args.seed, "episodes": len(returns),
+    recording = {"checkpoint": str(args.checkpoint), "steps": settings.steps, "epsilon": settings.epsilon,
+                 "seed": settings.seed, "episodes": len(returns),
                  "teacher_mean_return": float(np.mean(returns)) if returns else None}
     arrays = {**demos, "num_classes": np.int64(env.num_actions),
               "teacher_config": np.array(json.dumps(dataclasses.asdict(cfg))),
@@ -276,8 +260,8 @@ def record(args) -> int:
         print(f"{PROG}: error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
     mean = f"{recording['teacher_mean_return']:.1f}" if returns else "n/a (no game finished)"
-    print(f"recorded {args.steps} steps of {cfg.env} ({len(returns)} games finished, teacher mean return {mean}, "
-          f"epsilon {args.epsilon}) to {args.out}; clone with: {PROG} bc --data {args.out}")
+    print(f"recorded {settings.steps} steps of {cfg.env} ({len(returns)} games finished, teacher mean return {mean}, "
+          f"epsilon {settings.epsilon}) to {args.out}; clone with: {PROG} bc --data {args.out}")
     return 0
 
 

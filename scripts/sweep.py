@@ -29,8 +29,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl import stats
-from rl.cli import ArgumentParser, parse_cli_value, run_cli
-from rl.config import EVALUATE_SEED, ConfigError, TrainConfig, base_config, format_value, from_dict, preset_names
+from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, parse_cli_value, run_cli
+from rl.config import (
+    EVALUATE_SEED,
+    ConfigError,
+    SweepConfig,
+    TrainConfig,
+    base_config,
+    format_value,
+    from_dict,
+    preset_names,
+)
 
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
 CHECKPOINTS = ("latest", "best")     # what each run is scored by (the last network, the best one), in table order
@@ -52,11 +61,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--root", type=Path, help="directory of the runs (default: runs/sweep-<preset>-<time>)")
     parser.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster ('auto': the one 'ray start' "
                         "runs on this node); default: start Ray here with this machine's cores")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, metavar="CPUS",
-                        help="cores Ray reserves for each run; runs go in parallel as cores allow (default: 1)")
-    parser.add_argument("--bootstrap-reps", type=int, default=stats.BOOTSTRAP_REPS, metavar="N",
-                        help=f"bootstrap resamples for each IQM's 95%% CI "
-                             f"(default: {stats.BOOTSTRAP_REPS:,}, rliable's)")
+    add_config_flags(parser, SweepConfig, title="sweep settings")
     return parser
 
 
@@ -221,10 +226,7 @@ def protocol_lines(runs: list[dict[str, Any]], reps: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.cpus_per_run > 0:
-        raise ConfigError(f"--cpus-per-run {args.cpus_per_run} is not allowed: must be > 0")
-    if args.bootstrap_reps < 1:
-        raise ConfigError(f"--bootstrap-reps {args.bootstrap_reps} is not allowed: must be >= 1")
+    settings = from_dict(SweepConfig, overrides_from_args(args, SweepConfig))
     seeds = parse_seeds(args.seeds)
     base, preset = base_config(args.preset, args.config)
     axes = parse_axes(args.set, base)
@@ -259,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"rl-sweep: {len(runs)} runs ({points} setting(s) x {len(seeds)} seed(s)) under {root}; "
           f"watch with: tensorboard --logdir {root}", file=sys.stderr)
     try:
-        task = ray.remote(sweep_run).options(num_cpus=args.cpus_per_run, max_retries=0)
-        threads = max(1, int(args.cpus_per_run))
+        task = ray.remote(sweep_run).options(num_cpus=settings.cpus_per_run, max_retries=0)
+        threads = max(1, int(settings.cpus_per_run))
         pending = {task.remote(r["cfg"], str((root / r["name"]).resolve()), preset, r["name"], threads, CHECKPOINTS):
                    r["name"] for r in runs}
         try:
@@ -287,11 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if owns_ray:
             ray.shutdown()
 
-    rows = summary_rows(runs, results, args.bootstrap_reps)
+    rows = summary_rows(runs, results, settings.bootstrap_reps)
     cfg0 = runs[0]["cfg"]
     if fixed:
         print("fixed: " + label(tuple(fixed.items())))
-    print("\n".join(protocol_lines(runs, args.bootstrap_reps)))
+    print("\n".join(protocol_lines(runs, settings.bootstrap_reps)))
     print(format_table(rows))
     summary = {"preset": preset, "config": args.config, "root": str(root), "seeds": seeds,
                "axes": {k: v for k, v in axes}, "fixed": fixed, "stopped": stopped,
@@ -300,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "base": dataclasses.asdict(cfg0) | {"seed": None}},
                "statistics": {"iqm": "25% trimmed mean (rliable)",
                               "ci": f"{stats.CONFIDENCE:.0%} stratified bootstrap, percentile",
-                              "bootstrap_reps": args.bootstrap_reps, "bootstrap_seed": BOOTSTRAP_SEED,
+                              "bootstrap_reps": settings.bootstrap_reps, "bootstrap_seed": BOOTSTRAP_SEED,
                               "std": "sample std, ddof 1"},
                "rows": rows}
     try:

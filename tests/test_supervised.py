@@ -279,10 +279,10 @@ BAD = [
     (["record", "{tmp}/missing.pt", "--out", "{tmp}/d.npz"], "missing.pt' does not exist", "checkpoint"),
     (["record", "{tmp}/plain.npz", "--out", "{tmp}/d.npz"], "plain.npz", "corrupt"),
     (["record", "{tmp}/clf.pt", "--out", "{tmp}/d.npz"], "not an agent checkpoint", "rl-train"),
-    (["record", "{tmp}/agent.pt", "--steps", "0", "--out", "{tmp}/d.npz"], "--steps 0", ">= 1"),
-    (["record", "{tmp}/agent.pt", "--epsilon", "1.5", "--out", "{tmp}/d.npz"], "--epsilon 1.5", "between 0 and 1"),
+    (["record", "{tmp}/agent.pt", "--steps", "0", "--out", "{tmp}/d.npz"], "steps = 0", ">= 1"),
+    (["record", "{tmp}/agent.pt", "--epsilon", "1.5", "--out", "{tmp}/d.npz"], "epsilon = 1.5", "<= 1.0"),
     (["record", "{tmp}/agent.pt", "--out", "{tmp}/d.txt"], "d.txt", "must end in .npz"),
-    (["record", "{tmp}/agent.pt", "--steps", "ten", "--out", "{tmp}/d.npz"], "--steps", "invalid int value"),
+    (["record", "{tmp}/agent.pt", "--steps", "ten", "--out", "{tmp}/d.npz"], "steps = 'ten'", "whole number"),
     ([], "choose a command", "classify, sweep, record, bc"),
 ]
 

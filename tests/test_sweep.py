@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (["--set", "learning_rate=0,1e-3"], "learning_rate = 0"),
     (["--set", "seed=1,2"], "--seeds"),
     (["--set", "gamma=0.9", "--set", "gamma=0.8"], "already set"),
-    (["--cpus-per-run", "0"], "--cpus-per-run 0"),
-    (["--bootstrap-reps", "0"], "--bootstrap-reps 0"),
+    (["--cpus-per-run", "0"], "cpus_per_run = 0.0 is not allowed: must be > 0.0"),
+    (["--bootstrap-reps", "0"], "bootstrap_reps = 0 is not allowed: must be >= 1"),
     (["--preset", "brekout"], "unknown preset 'brekout'"),
 ])
 def test_sweep_rejects_bad_input(argv, names, tmp_path, capsys):
