@@ -13,6 +13,7 @@ from torch import nn
 from agents.dqn import DQNAgent
 from envs import check_config
 from rl.config import TrainConfig, validate_train
+from rl.device_replay import DevicePrioritizedReplayBuffer, DeviceReplayBuffer
 from rl.networks import q_network_for, use_channels_last
 from rl.registry import make_loss, make_optimizer
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
@@ -35,8 +36,21 @@ def replay_spec(cfg: TrainConfig, obs_shape: Sequence[int], obs_dtype: np.dtype,
                       num_actions=num_actions)
 
 
-def make_replay(cfg: TrainConfig, spec: ReplaySpec, seed: int) -> ReplayBuffer:
-    """Uniform replay, or proportional prioritized replay when ``cfg.prioritized``."""
+def replay_on_device(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the replay lives in ``device`` memory (rl.device_replay) rather than in host numpy arrays."""
+    return cfg.replay_device == "device" or (cfg.replay_device == "auto" and device.type == "cuda")
+
+
+def make_replay(cfg: TrainConfig, spec: ReplaySpec, seed: int,
+                device: torch.device | str = "cpu") -> ReplayBuffer | DeviceReplayBuffer:
+    """Uniform replay, or proportional prioritized replay when ``cfg.prioritized``; in ``device`` memory when
+    :func:`replay_on_device` says so. Both kinds save the same state, so a run may resume with the other."""
+    device = torch.device(device)
+    if replay_on_device(cfg, device):
+        if cfg.prioritized:
+            return DevicePrioritizedReplayBuffer(spec, seed=seed, device=device, alpha=cfg.priority_alpha,
+                                                 eps=cfg.priority_eps)
+        return DeviceReplayBuffer(spec, seed=seed, device=device)
     if cfg.prioritized:
         return PrioritizedReplayBuffer(spec, seed=seed, alpha=cfg.priority_alpha, eps=cfg.priority_eps)
     return ReplayBuffer(spec, seed=seed)

@@ -215,8 +215,11 @@ class DQNAgent:
             group["lr"] = lr
         return lr
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        """Host array -> device tensor; on CUDA through pinned memory so the copy is asynchronous."""
+    def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Host array -> device tensor; on CUDA through pinned memory so the copy is asynchronous. A tensor
+        (from a replay in device memory) is used where it is."""
+        if isinstance(array, torch.Tensor):
+            return array.to(self.device, non_blocking=True)
         x = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)

@@ -19,6 +19,7 @@ from agents.run import Loop, Run, RunOwner
 from envs import make_env
 from envs.base import EnvStep
 from rl.config import TrainConfig
+from rl.device_replay import DeviceReplayBuffer
 from rl.schedules import LinearSchedule
 
 
@@ -34,7 +35,7 @@ class Trainer(RunOwner):
         self.env = make_env(cfg)
         self.agent = make_agent(cfg, self.env.obs_shape, self.env.num_actions, self.device)
         self.replay = make_replay(cfg, replay_spec(cfg, self.env.obs_shape, self.env.obs_dtype, self.env.num_actions,
-                                                   self.env.frame_stack), seed=cfg.seed)
+                                                   self.env.frame_stack), seed=cfg.seed, device=self.device)
         self.beta = LinearSchedule(cfg.priority_beta_start, cfg.priority_beta_end, cfg.total_steps)
         self.run = Run(cfg, run_dir, self.agent, preset=preset, show_progress=show_progress, meta=self._meta,
                        replay=self.replay)
@@ -86,10 +87,15 @@ class Trainer(RunOwner):
             if self.cfg.prioritized:
                 batch = self.replay.sample(self.cfg.batch_size, beta=self.beta(self.run.step))
                 metrics = self.agent.update(batch)
-                self.replay.update_priorities(batch.index, metrics["priority"].float().cpu().numpy())
+                self.replay.update_priorities(batch.index, self._on_replay_side(metrics["priority"].float()))
             else:
                 metrics = self.agent.update(self.replay.sample(self.cfg.batch_size))
         return metrics
+
+    def _on_replay_side(self, x: torch.Tensor):
+        """A tensor the update returned, where the replay keeps its priorities: as is for a device replay, else
+        a host numpy array (one copy)."""
+        return x if isinstance(self.replay, DeviceReplayBuffer) else x.cpu().numpy()
 
     def _store(self, actions: np.ndarray, out: EnvStep, loop: Loop) -> None:
         """The step just taken goes into the replay (reward clipped if the config says so); count it."""

@@ -74,6 +74,9 @@ class TrainConfig:
                                           low=0.0, high=1.0)
     # learner
     buffer_size: int = setting(1_000_000, "replay capacity in transitions", low=1)
+    replay_device: str = setting("auto", "where the replay lives: host (numpy arrays), device (torch tensors on the "
+                                         "networks' device, batches built by gathers there), or auto = device on "
+                                         "CUDA, host elsewhere", choices=("auto", "host", "device"))
     batch_size: int = setting(32, "transitions per update", low=1)
     gamma: float = setting(0.99, "discount factor", low=0.0, high=1.0)
     n_step: int = setting(1, "steps of reward summed into each TD target", low=1, high=100)

@@ -32,7 +32,7 @@ import json
 import numpy as np
 import torch
 
-from rl.replay import FIRST, TERMINATED, TRUNCATED, Batch, ReplayBuffer, ReplaySpec, StreamWindow
+from rl.replay import FIRST, TERMINATED, TRUNCATED, Batch, ReplayBuffer, ReplaySpec, StepWriter, StreamWindow
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -50,11 +50,12 @@ def _seed_from(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") & (2**63 - 1)
 
 
-class DeviceReplayBuffer(StreamWindow):
+class DeviceReplayBuffer(StepWriter, StreamWindow):
     """Uniform replay in ``device`` memory; ``add``/``sample``/``gather``/``state_dict`` as ReplayBuffer's,
     with torch tensors on ``device`` in the returned :class:`Batch`."""
 
     def __init__(self, spec: ReplaySpec, seed: int = 0, device: str | torch.device = "cpu"):
+        super().__init__(spec.num_envs)
         self.spec = spec
         self.device = torch.device(device)
         self.stack, self.n, self.gamma, self.num_envs = spec.stack, spec.n_step, spec.gamma, spec.num_envs
@@ -100,6 +101,8 @@ class DeviceReplayBuffer(StreamWindow):
 
     @staticmethod
     def _put(dst: torch.Tensor, src) -> None:
+        if isinstance(src, np.ndarray) and not src.flags.writeable:
+            src = src.copy()             # torch warns on (and will not promise to respect) read-only arrays
         dst.copy_(torch.as_tensor(src))  # casts, and copies across devices
 
     def add(self, obs, action, reward, terminated, truncated, first, final_obs=None) -> None:

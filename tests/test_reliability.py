@@ -40,7 +40,9 @@ def assert_same_weights(a: dict, b: dict) -> None:
     ["--preset", "cartpole", "--total-steps", "4000", "--learning-starts", "800", "--checkpoint-every", "1000"],
     ["--total-steps", "1600", "--learning-starts", "400", "--num-envs", "4", "--buffer-size", "4000",
      "--target-update", "200", "--checkpoint-every", "400"],
-], ids=["cartpole", "breakout"])
+    ["--preset", "cartpole", "--total-steps", "4000", "--learning-starts", "800", "--checkpoint-every", "1000",
+     "--replay-device", "device", "--prioritized"],
+], ids=["cartpole", "breakout", "cartpole-prioritized-device-replay"])
 def test_resume_is_bit_identical(args, tmp_path):
     total = int(args[args.index("--total-steps") + 1])
     common = [*args, "--no-progress", "--torch-threads", "1"]
