@@ -46,6 +46,12 @@ def test_each_actor_needs_a_chunk_and_its_surroundings_in_its_share(actors, buff
             check_config(cfg, actors)
 
 
+def test_the_replay_actor_refuses_a_device_replay():
+    check_config(cartpole(replay_device="auto"), 2)
+    with pytest.raises(ConfigError, match="replay_device = 'device' is not allowed with --actors 2"):
+        check_config(cartpole(replay_device="device"), 2)
+
+
 def test_writable_batch_copies_only_what_is_read_only():
     fields = [np.zeros(3) for _ in Batch._fields]
     fields[0].flags.writeable = False

@@ -35,6 +35,9 @@ def check_config(cfg: TrainConfig, actors: int) -> None:
     """Refuse, before any work, an actor count or replay split the distributed layout cannot run."""
     if actors < 1:
         raise ConfigError(f"--actors {actors} is not allowed: must be >= 1")
+    if cfg.replay_device == "device":
+        raise ConfigError(f"replay_device = 'device' is not allowed with --actors {actors}: the Ape-X replay actor "
+                          f"keeps host (numpy) replays; use auto or host")
     stack = cfg.frame_stack if is_atari(cfg.env) else 1
     # each actor's buffer must hold a whole chunk plus the history and n-step future around it
     need = actors * cfg.num_envs * (cfg.actor_chunk_steps + stack + cfg.n_step + 1)
