@@ -194,6 +194,9 @@ class SweepConfig:
                                   low=0.0, low_open=True)
     bootstrap_reps: int = setting(BOOTSTRAP_REPS, "bootstrap resamples for each IQM's 95% CI (rliable's default)",
                                   low=1)
+    actors: int = setting(0, "Ape-X actors per run: each grid point trains as rl-train --actors N does, one after "
+                             "another on the whole cluster (0: single-process runs, in parallel as cores allow)",
+                          low=0)
 
 
 def check_evaluate(cfg: EvaluateConfig, filming: bool) -> EvaluateConfig:

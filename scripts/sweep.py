@@ -3,9 +3,11 @@
     rl-sweep --preset cartpole --seeds 0..9                  # one preset, ten seeds: the robustness benchmark
     rl-sweep --preset cartpole --seeds 0..2 --set learning_rate=1e-3,5e-4 --set double=true,false
     rl-sweep --preset breakout --seeds 0..4 --ray-address auto --root /shared/runs/sweep1
+    rl-sweep --preset cartpole --seeds 0..9 --actors 2      # the same benchmark on the Ape-X path
 
 The grid is every combination of the ``--set`` values, times every seed. Each point is one
-single-process rl-train run in its own directory ``ROOT/<key=value,...>-s<seed>`` (so
+single-process rl-train run (with ``--actors N``: one Ape-X run, ``rl-train --actors N``, the points one
+after another) in its own directory ``ROOT/<key=value,...>-s<seed>`` (so
 ``tensorboard --logdir ROOT`` shows them all, and ``rl-runs ROOT`` lists them). At its end each run's
 ``checkpoints/latest.pt`` and ``checkpoints/best.pt`` (where periodic evaluations wrote one) are scored
 as ``rl-evaluate FILE --episodes <eval_episodes>`` scores them: eval_episodes full games at eval_epsilon,
@@ -240,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--root {str(root)!r} already holds run {taken[0]!r}; choose another --root")
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("rl-sweep needs Ray, which is not installed: pip install -e '.[distributed]'")
+    if settings.actors:
+        from agents.distributed.cluster import check_config
+        for r in runs:
+            check_config(r["cfg"], settings.actors)
     try:
         stats.require()
     except stats.RliableMissing as exc:
@@ -252,39 +258,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
 
     from agents.distributed.cluster import connect
-    from agents.sweep import sweep_run
+    from agents.sweep import run_in_parallel, run_in_turn
 
     owns_ray = connect(args.ray_address)
-    results: dict[str, dict[str, Any]] = {}
-    stopped = False
     points = len(runs) // len(seeds)
-    print(f"rl-sweep: {len(runs)} runs ({points} setting(s) x {len(seeds)} seed(s)) under {root}; "
-          f"watch with: tensorboard --logdir {root}", file=sys.stderr)
+    print(f"rl-sweep: {len(runs)} runs ({points} setting(s) x {len(seeds)} seed(s)) under {root}"
+          + (f", one after another, each with {settings.actors} Ape-X actors" if settings.actors else "")
+          + f"; watch with: tensorboard --logdir {root}", file=sys.stderr)
+    jobs = [(r["cfg"], str((root / r["name"]).resolve()), r["name"]) for r in runs]
+
+    def report(result: dict[str, Any], done: int) -> None:
+        scored = result.get("eval", {})
+        print(f"rl-sweep: [{done}/{len(runs)}] {result['name']}: {result['status']}"
+              + "".join(f", {which}.pt {v['mean']:.2f}" for which, v in scored.items())
+              + (f" ({result['error']})" if result.get("error") else ""), file=sys.stderr)
+
     try:
-        task = ray.remote(sweep_run).options(num_cpus=settings.cpus_per_run, max_retries=0)
-        threads = max(1, int(settings.cpus_per_run))
-        pending = {task.remote(r["cfg"], str((root / r["name"]).resolve()), preset, r["name"], threads, CHECKPOINTS):
-                   r["name"] for r in runs}
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    name = pending.pop(ref)
-                    results[name] = _result(ray, ref, name)
-                    scored = results[name].get("eval", {})
-                    print(f"rl-sweep: [{len(results)}/{len(runs)}] {name}: {results[name]['status']}"
-                          + "".join(f", {which}.pt {v['mean']:.2f}" for which, v in scored.items())
-                          + (f" ({results[name]['error']})" if results[name].get("error") else ""), file=sys.stderr)
-        except KeyboardInterrupt:
-            # Ray's cancel interrupts each running task as Ctrl-C would: its Trainer checkpoints and stops
-            stopped = True
-            print("rl-sweep: stopping: each running run writes a checkpoint (rl-train --resume continues it)",
-                  file=sys.stderr)
-            for ref in pending:
-                ray.cancel(ref)
-            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=STOP_GRACE_SECONDS)
-            for ref in done:
-                results[pending[ref]] = _result(ray, ref, pending[ref])
+        if settings.actors:
+            results, stopped = run_in_turn(jobs, preset, settings.actors, CHECKPOINTS, report)
+        else:
+            results, stopped = run_in_parallel(jobs, preset, settings.cpus_per_run, CHECKPOINTS, report,
+                                               grace_seconds=STOP_GRACE_SECONDS)
     finally:
         if owns_ray:
             ray.shutdown()
@@ -296,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(protocol_lines(runs, settings.bootstrap_reps)))
     print(format_table(rows))
     summary = {"preset": preset, "config": args.config, "root": str(root), "seeds": seeds,
-               "axes": {k: v for k, v in axes}, "fixed": fixed, "stopped": stopped,
+               "axes": {k: v for k, v in axes}, "fixed": fixed, "actors": settings.actors, "stopped": stopped,
                "protocol": {"eval_episodes": cfg0.eval_episodes, "eval_epsilon": cfg0.eval_epsilon,
                             "eval_seed": EVALUATE_SEED, "checkpoints": list(CHECKPOINTS),
                             "base": dataclasses.asdict(cfg0) | {"seed": None}},
@@ -312,17 +306,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finished = all(results.get(r["name"], {}).get("status") in ("finished", "solved") for r in runs)
     return 0 if finished and not stopped else 1
-
-
-def _result(ray, ref, name: str) -> dict[str, Any]:
-    """A task's result; a task that crashed (or was cancelled) becomes a failed row, not a traceback."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.TaskCancelledError:
-        return {"name": name, "status": "stopped", "error": "cancelled"}
-    except ray.exceptions.RayError as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return {"name": name, "status": "failed", "error": first}
 
 
 def entry() -> None:

@@ -10,7 +10,7 @@ import pytest
 from agents.sweep import sweep_run
 from rl.cli import run_cli
 from scripts import sweep as sweep_cli
-from tests.support import cartpole, one_line_error
+from tests.support import NO_RAY, cartpole, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,11 +27,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (["--set", "gamma=0.9", "--set", "gamma=0.8"], "already set"),
     (["--cpus-per-run", "0"], "cpus_per_run = 0.0 is not allowed: must be > 0.0"),
     (["--bootstrap-reps", "0"], "bootstrap_reps = 0 is not allowed: must be >= 1"),
+    (["--actors", "-1"], "actors = -1 is not allowed: must be >= 0"),
     (["--preset", "brekout"], "unknown preset 'brekout'"),
 ])
 def test_sweep_rejects_bad_input(argv, names, tmp_path, capsys):
     line = one_line_error(sweep_cli.main, ["--preset", "cartpole", *argv, "--root", str(tmp_path / "sw")], capsys)
     assert names in line, line
+    assert not (tmp_path / "sw").exists()
+
+
+def test_an_apex_sweep_refuses_what_rl_train_actors_refuses(tmp_path, capsys):
+    pytest.importorskip("ray", reason=NO_RAY)
+    line = one_line_error(sweep_cli.main, ["--preset", "cartpole", "--actors", "2", "--set", "replay_device=\"device\"",
+                                           "--root", str(tmp_path / "sw")], capsys)
+    assert "replay_device = 'device' is not allowed with --actors 2" in line
     assert not (tmp_path / "sw").exists()
 
 
@@ -128,3 +137,19 @@ def test_sweep_of_two_seeds(ray_cluster, tmp_path, capsys):
     assert run_cli(evaluate.main, [str(root / "s1/checkpoints/best.pt"), "--episodes", "2", "--no-progress",
                                    "--json", str(report)]) == 0
     assert json.loads(report.read_text())["mean"] == row["runs"][1]["best"]
+
+
+def test_an_apex_sweep_trains_each_point_with_actors_one_after_another(ray_cluster, tmp_path, capsys):
+    """--actors 2: each seed is an Ape-X run (its learner in rl-sweep's process, two actors on the cluster),
+    then scored like any other."""
+    root = tmp_path / "sweep"
+    argv = ["--preset", "cartpole", "--seeds", "0..1", "--actors", "2", "--set", "total_steps=1200",
+            "--set", "learning_starts=400", "--set", "eval_every=0", "--set", "eval_episodes=2",
+            "--set", "torch_threads=1", "--bootstrap-reps", "1000", "--root", str(root)]
+    assert run_cli(sweep_cli.main, argv, prog="rl-sweep") == 0
+    assert "one after another, each with 2 Ape-X actors" in capsys.readouterr().err
+    for name in ("s0", "s1"):
+        assert json.loads((root / name / "distributed.json").read_text())["actors"] == 2
+        assert json.loads((root / name / "run.json").read_text())["status"] == "finished"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["actors"] == 2 and summary["rows"][0]["latest"]["n"] == 2
