@@ -68,7 +68,8 @@ def env_ceiling(cfg: TrainConfig, steps: int) -> float:
     return rate
 
 
-def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_dtype) -> float:
+def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_dtype) -> tuple[float, dict]:
+    """Updates per second on one fixed batch, and :func:`update_profile` of the same updates."""
     import torch
 
     from agents.build import make_agent
@@ -89,7 +90,32 @@ def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_
             torch.cuda.synchronize()
         return out
 
-    return 1.0 / timed(one, updates)
+    return 1.0 / timed(one, updates), update_profile(one, agent.device, updates)
+
+
+def update_profile(one, device, updates: int) -> dict:
+    """Where an update's time goes, from torch's profiler over ``updates`` calls of ``one``: on CUDA the GPU
+    kernels' time against the wall time (the rest is the host: Python, launches, copies); on CPU the time
+    inside torch's operators against the wall time (the rest is Python and dispatch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    one()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(updates):
+            one()
+        wall = (time.perf_counter() - start) / updates
+    events = prof.key_averages()
+    if cuda:   # the kernels' own rows (the operators that launched them carry the same time again)
+        from torch.autograd import DeviceType
+        busy_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    else:
+        busy_us = sum(e.self_cpu_time_total for e in events)
+    busy = busy_us * 1e-6 / updates
+    return {"what": "GPU kernels" if cuda else "torch operators (CPU)", "wall_ms": 1e3 * wall,
+            "busy_ms": 1e3 * busy, "host_overhead": max(0.0, 1.0 - busy / wall)}
 
 
 def augmentation_ms(cfg: TrainConfig, obs_shape, obs_dtype) -> float | None:
@@ -235,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"batch {cfg.batch_size}, train_frequency {cfg.train_frequency}, {precision}", file=sys.stderr)
 
     env_rate = env_ceiling(cfg, sizes.env_steps)
-    update_rate = learner_ceiling(cfg, sizes.updates, obs_shape, num_actions, obs_dtype)
+    update_rate, profile = learner_ceiling(cfg, sizes.updates, obs_shape, num_actions, obs_dtype)
     augment = augmentation_ms(cfg, obs_shape, obs_dtype)
     replay = replay_figures(cfg, sizes.replay_steps, obs_shape, obs_dtype, num_actions, probe.frame_stack)
     e2e = end_to_end(cfg, sizes.fill_steps, sizes.train_steps)
@@ -254,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env_steps_per_s": env_rate,
         "learner_updates_per_s": update_rate,
         "learner_ms_per_update": 1e3 / update_rate,
+        "update_profile": profile,
         "augmentation_ms_per_update": augment,
         "replay": replay,
         "train_steps_per_s": e2e,
@@ -269,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("env ceiling", f"{env_rate:,.0f} steps/s", f"{cfg.num_envs} envs, {cfg.env_threads or 'auto'} threads"),
         ("learner ceiling", f"{update_rate:,.1f} updates/s", f"{1e3 / update_rate:.2f} ms/update = "
                                                               f"{learner_steps:,.0f} steps/s at train_frequency {cfg.train_frequency}"),
+        ("update profile", f"{profile['busy_ms']:.2f} of {profile['wall_ms']:.2f} ms",
+         f"in {profile['what']}; host overhead {profile['host_overhead']:.0%} of the update's wall time (profiled)"),
         *([("augmentation", f"{augment:.2f} ms/update", f"random shift of obs and next_obs, {cfg.batch_size} each "
                                                           f"(inside the learner ceiling)")] if augment is not None else []),
         ("replay insert", f"{replay['insert_per_s']:,.0f} transitions/s", ""),

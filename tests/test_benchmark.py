@@ -36,6 +36,10 @@ def test_benchmark_reports_all_figures(tmp_path, capsys):
     # the table prints the figure the JSON holds
     ratio = next(line for line in printed.splitlines() if "ratio to bound" in line)
     assert f"{figures['ratio_to_overlapped_bound']:.1%}" in ratio
+    profile = figures["update_profile"]          # on CPU: time inside torch operators vs the update's wall time
+    assert profile["what"] == "torch operators (CPU)" and 0 < profile["busy_ms"] <= profile["wall_ms"]
+    assert profile["host_overhead"] == pytest.approx(1 - profile["busy_ms"] / profile["wall_ms"])
+    assert "update profile" in printed
     assert figures["augmentation_ms_per_update"] is None and "augmentation" not in printed   # no images to shift
 
 
