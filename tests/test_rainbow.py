@@ -1,4 +1,6 @@
-"""Each Rainbow component pinned to a hand-computed case, and CartPole with all switches on or off."""
+"""Each Rainbow component of the agent pinned to a hand-computed case (n-step targets, C51, double DQN, resets, the
+weight average), and CartPole with all switches on or off. The networks' own parts: test_networks.py; prioritized
+replay: test_replay.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +13,7 @@ from torch import nn
 from agents.build import make_agent
 from agents.dqn import project_distribution
 from rl.config import TrainConfig
-from rl.networks import NoisyLinear, make_q_network, networks_fitting, random_shift
-from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec, SumTree
+from rl.replay import ReplayBuffer, ReplaySpec
 from tests.fakes import random_batch
 
 CARTPOLE = TrainConfig(env="cartpole", network="mlp", hidden_sizes=[32, 32], num_envs=1)
@@ -68,143 +69,6 @@ def test_categorical_projection_worked_examples(reward, discount, expected):
     assert m.sum().item() == pytest.approx(1.0)
 
 
-# --- sum tree and prioritized replay ----------------------------------------------------------
-
-CHI2_999 = {7: 24.32, 15: 37.70}  # chi-square critical values at p = 0.001
-
-
-def test_sum_tree_samples_in_proportion_to_priority():
-    tree = SumTree(8)
-    priorities = np.array([1, 2, 3, 4, 5, 6, 7, 8], float)
-    tree.set(np.arange(8), priorities)
-    assert tree.total == 36
-    rng = np.random.default_rng(0)
-    draws = tree.find(rng.random(200_000) * tree.total)
-    observed = np.bincount(draws, minlength=8)
-    expected = 200_000 * priorities / priorities.sum()
-    assert ((observed - expected) ** 2 / expected).sum() < CHI2_999[7]
-
-
-def test_sum_tree_updates_keep_sums_consistent():
-    tree = SumTree(13)  # not a power of two
-    rng = np.random.default_rng(1)
-    values = np.zeros(13)
-    for _ in range(50):
-        idx = rng.choice(13, size=4, replace=False)
-        values[idx] = rng.random(4)
-        tree.set(idx, values[idx])
-        assert tree.total == pytest.approx(values.sum())
-        np.testing.assert_allclose(tree.get(np.arange(13)), values)
-
-
-def filled_prioritized(n_step=1, stack=1):
-    spec = ReplaySpec(64, 2, (1,), np.float32, n_step=n_step)  # 32 slots per env: not wrapped
-    buf = PrioritizedReplayBuffer(spec, seed=0, alpha=1.0, eps=0.0)
-    for i in range(20):
-        buf.add(np.full((2, 1), i, np.float32), np.zeros(2), np.ones(2), np.zeros(2, bool), np.zeros(2, bool),
-                np.array([i == 0] * 2))
-    return buf
-
-
-def test_prioritized_sampling_follows_updated_priorities():
-    buf = filled_prioritized()
-    valid = np.flatnonzero(buf.tree.get(np.arange(64)) > 0)
-    assert len(valid) == len(buf) == 2 * 19  # the newest slot has no next observation yet
-    priorities = np.arange(1, len(valid) + 1, dtype=float)
-    buf.update_priorities(valid, priorities)
-    counts = np.zeros(64)
-    for _ in range(400):
-        counts += np.bincount(buf.sample(64, beta=1.0).index, minlength=64)
-    observed = counts[valid]
-    expected = counts.sum() * priorities / priorities.sum()
-    # stratified sampling is tighter than multinomial, so the multinomial bound is conservative
-    assert ((observed - expected) ** 2 / expected).sum() < 70.0  # df = 37 at p = 0.001
-    assert counts[np.setdiff1d(np.arange(64), valid)].sum() == 0
-
-
-def test_importance_weights_undo_the_sampling_bias():
-    buf = filled_prioritized()
-    valid = np.flatnonzero(buf.tree.get(np.arange(64)) > 0)
-    buf.update_priorities(valid, np.where(np.arange(len(valid)) % 2 == 0, 1.0, 4.0))
-    batch = buf.sample(256, beta=1.0)
-    p = buf.tree.get(batch.index)
-    # w ~ 1/P(i): the high-priority half gets a quarter of the weight
-    low, high = batch.weight[p == 1.0], batch.weight[p == 4.0]
-    assert low.max() == pytest.approx(1.0) and high.mean() == pytest.approx(0.25)
-
-
-def test_new_transitions_enter_with_max_priority():
-    buf = filled_prioritized()
-    buf.update_priorities(np.array([0]), np.array([50.0]))
-    buf.add(np.zeros((2, 1), np.float32), np.zeros(2), np.ones(2), np.zeros(2, bool), np.zeros(2, bool), np.zeros(2, bool))
-    newest_ready = ((buf.cursor - 2) % buf.slots) * 2
-    assert buf.tree.get(np.array([newest_ready]))[0] == pytest.approx(50.0)
-
-
-# --- networks ---------------------------------------------------------------------------------
-
-def test_noisy_layer_noise_resets_and_eval_uses_means():
-    torch.manual_seed(0)
-    layer = NoisyLinear(5, 3)
-    x = torch.randn(4, 5)
-    layer.reset_noise()
-    a = layer(x)
-    layer.reset_noise()
-    b = layer(x)
-    assert not torch.allclose(a, b)
-    layer.eval()
-    torch.testing.assert_close(layer(x), x @ layer.weight_mu.T + layer.bias_mu)
-
-
-def test_dueling_head_decomposes_into_value_and_mean_zero_advantage():
-    net = make_q_network("mlp", (4,), 3, [16, 16], dueling=True)
-    x = torch.randn(6, 4)
-    q = net(x)
-    h = net.encoder(x)
-    torch.testing.assert_close(q.mean(1), net.value(h).squeeze(1), rtol=1e-5, atol=1e-5)
-
-
-def test_distributional_q_is_the_expected_atom_value():
-    net = make_q_network("mlp", (4,), 2, [16], atoms=11, v_min=0.0, v_max=10.0)
-    x = torch.randn(3, 4)
-    probs = net.dist(x).softmax(-1)
-    torch.testing.assert_close(net(x), (probs * torch.linspace(0, 10, 11)).sum(-1))
-
-
-@pytest.mark.parametrize("kind,shape,features", [
-    ("nature_cnn", (4, 84, 84), 64 * 7 * 7), ("nature_cnn", (3, 64, 48), 64 * 4 * 2),
-    ("impala_cnn", (4, 84, 84), 32 * 11 * 11), ("impala_cnn", (4, 10, 10), 32 * 2 * 2),
-    ("minatar_cnn", (4, 10, 10), 16 * 8 * 8), ("minatar_cnn", (6, 10, 12), 16 * 8 * 10),
-])
-def test_image_encoders_size_their_output_from_the_real_image(kind, shape, features):
-    net = make_q_network(kind, shape, 3, dueling=True)
-    x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
-    assert net.encoder.out_features == features and net.encoder(x).shape == (2, features)
-    assert net(x).shape == (2, 3)
-
-
-def test_minatar_cnn_is_young_and_tians_network():
-    """One 3x3 convolution, 16 channels, stride 1, no padding, ReLU; a 128-unit hidden layer; the Q head. The
-    encoder reads uint8 0/255 as 0/1, the paper's float of MinAtar's bool channels."""
-    net = make_q_network("minatar_cnn", (4, 10, 10), 3)
-    conv = net.encoder.net[0]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == \
-        (4, 16, (3, 3), (1, 1), (0, 0))
-    hidden, q = net.advantage[0], net.advantage[2]
-    assert (hidden.in_features, hidden.out_features, q.in_features, q.out_features) == (16 * 8 * 8, 128, 128, 3)
-    x = (torch.rand(2, 4, 10, 10) < 0.2).to(torch.uint8)
-    torch.testing.assert_close(net.encoder(x * 255), torch.relu(conv(x.float())).flatten(1))
-
-
-def test_the_networks_that_fit_an_image_are_named():
-    assert networks_fitting((4, 10, 10)) == ["impala_cnn", "minatar_cnn"]
-    assert networks_fitting((4, 36, 36)) == ["nature_cnn", "impala_cnn", "minatar_cnn"]   # Nature's smallest
-    assert networks_fitting((4, 35, 84)) == ["impala_cnn", "minatar_cnn"]
-    assert networks_fitting((1, 2, 2)) == ["impala_cnn"]
-    with pytest.raises(ValueError, match="nature_cnn needs larger images than"):
-        make_q_network("nature_cnn", (4, 10, 10), 3)
-
-
 class Fixed(nn.Module):
     def __init__(self, values):
         super().__init__()
@@ -236,21 +100,6 @@ def test_target_synced_every_update_is_the_same_as_no_target():
         assert torch.equal(hard["td_error"], none["td_error"])
     for a, b in zip(agents[0].q.parameters(), agents[1].q.parameters()):
         assert torch.equal(a, b)
-
-
-def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
-    obs = torch.arange(2 * 4 * 12 * 12, dtype=torch.int64).reshape(2, 4, 12, 12).to(torch.uint8)
-    out = random_shift(obs, pad=2, generator=torch.Generator().manual_seed(3))
-    assert out.dtype == torch.uint8 and out.shape == obs.shape
-    for b in range(2):
-        matches = []
-        for dy in range(-2, 3):
-            for dx in range(-2, 3):
-                rows = (torch.arange(12) + dy).clamp(0, 11)
-                cols = (torch.arange(12) + dx).clamp(0, 11)
-                if torch.equal(out[b], obs[b][:, rows][:, :, cols]):
-                    matches.append((dy, dx))
-        assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
 
 
 @pytest.mark.parametrize("noisy", [False, True], ids=["linear", "noisy"])

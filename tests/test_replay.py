@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rl.replay import FIRST, TERMINATED, TRUNCATED, PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
+from rl.replay import FIRST, TERMINATED, TRUNCATED, PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec, SumTree
 from tests.fakes import FakeFlatEnv, FakeStackedEnv, drive
 
 
@@ -209,3 +209,76 @@ def test_mass_weighs_a_buffer_by_what_sampling_draws_from_it():
     assert uniform.mass() == len(uniform) == 2 * 7
     prioritized.update_priorities(prioritized.ready_ids(2), np.array([3.0, 4.0, 5.0, 6.0]))
     assert prioritized.mass() == pytest.approx(prioritized.mass_at(np.arange(prioritized.id_count())).sum())
+
+
+# --- sum tree and prioritized replay ----------------------------------------------------------
+
+CHI2_999 = {7: 24.32, 15: 37.70}  # chi-square critical values at p = 0.001
+
+
+def test_sum_tree_samples_in_proportion_to_priority():
+    tree = SumTree(8)
+    priorities = np.array([1, 2, 3, 4, 5, 6, 7, 8], float)
+    tree.set(np.arange(8), priorities)
+    assert tree.total == 36
+    rng = np.random.default_rng(0)
+    draws = tree.find(rng.random(200_000) * tree.total)
+    observed = np.bincount(draws, minlength=8)
+    expected = 200_000 * priorities / priorities.sum()
+    assert ((observed - expected) ** 2 / expected).sum() < CHI2_999[7]
+
+
+def test_sum_tree_updates_keep_sums_consistent():
+    tree = SumTree(13)  # not a power of two
+    rng = np.random.default_rng(1)
+    values = np.zeros(13)
+    for _ in range(50):
+        idx = rng.choice(13, size=4, replace=False)
+        values[idx] = rng.random(4)
+        tree.set(idx, values[idx])
+        assert tree.total == pytest.approx(values.sum())
+        np.testing.assert_allclose(tree.get(np.arange(13)), values)
+
+
+def filled_prioritized(n_step=1, stack=1):
+    spec = ReplaySpec(64, 2, (1,), np.float32, n_step=n_step)  # 32 slots per env: not wrapped
+    buf = PrioritizedReplayBuffer(spec, seed=0, alpha=1.0, eps=0.0)
+    for i in range(20):
+        buf.add(np.full((2, 1), i, np.float32), np.zeros(2), np.ones(2), np.zeros(2, bool), np.zeros(2, bool),
+                np.array([i == 0] * 2))
+    return buf
+
+
+def test_prioritized_sampling_follows_updated_priorities():
+    buf = filled_prioritized()
+    valid = np.flatnonzero(buf.tree.get(np.arange(64)) > 0)
+    assert len(valid) == len(buf) == 2 * 19  # the newest slot has no next observation yet
+    priorities = np.arange(1, len(valid) + 1, dtype=float)
+    buf.update_priorities(valid, priorities)
+    counts = np.zeros(64)
+    for _ in range(400):
+        counts += np.bincount(buf.sample(64, beta=1.0).index, minlength=64)
+    observed = counts[valid]
+    expected = counts.sum() * priorities / priorities.sum()
+    # stratified sampling is tighter than multinomial, so the multinomial bound is conservative
+    assert ((observed - expected) ** 2 / expected).sum() < 70.0  # df = 37 at p = 0.001
+    assert counts[np.setdiff1d(np.arange(64), valid)].sum() == 0
+
+
+def test_importance_weights_undo_the_sampling_bias():
+    buf = filled_prioritized()
+    valid = np.flatnonzero(buf.tree.get(np.arange(64)) > 0)
+    buf.update_priorities(valid, np.where(np.arange(len(valid)) % 2 == 0, 1.0, 4.0))
+    batch = buf.sample(256, beta=1.0)
+    p = buf.tree.get(batch.index)
+    # w ~ 1/P(i): the high-priority half gets a quarter of the weight
+    low, high = batch.weight[p == 1.0], batch.weight[p == 4.0]
+    assert low.max() == pytest.approx(1.0) and high.mean() == pytest.approx(0.25)
+
+
+def test_new_transitions_enter_with_max_priority():
+    buf = filled_prioritized()
+    buf.update_priorities(np.array([0]), np.array([50.0]))
+    buf.add(np.zeros((2, 1), np.float32), np.zeros(2), np.ones(2), np.zeros(2, bool), np.zeros(2, bool), np.zeros(2, bool))
+    newest_ready = ((buf.cursor - 2) % buf.slots) * 2
+    assert buf.tree.get(np.array([newest_ready]))[0] == pytest.approx(50.0)
