@@ -233,7 +233,7 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
                           f"num_envs * (frame_stack + n_step + 1) = {cfg.num_envs * (cfg.frame_stack + cfg.n_step + 1)}")
     if cfg.target_return != 0 and cfg.eval_every == 0:
         raise ConfigError(f"target_return = {cfg.target_return} is not allowed with eval_every = 0: "
-                          f"the target is checked at periodic evaluations, so set eval_every > 0")
+                          f"the target is checked at periodic evaluations, so set eval_every > 0 (or target_return = 0)")
     if cfg.double and cfg.target == "none":
         raise ConfigError("double = true is not allowed with target = 'none': the online net would both pick and "
                           "value a', which is plain DQN; set double = false, or target = 'hard' or 'polyak'")

@@ -8,8 +8,8 @@ NO_RAY = "the distributed extra is not installed (pip install -e '.[distributed]
 
 
 def cartpole(**overrides) -> TrainConfig:
-    base = {**load_preset("cartpole"), "eval_every": 0, "checkpoint_every": 10**6, "torch_threads": 1,
-            "log_every": 1000}
+    base = {**load_preset("cartpole"), "eval_every": 0, "target_return": 0.0, "checkpoint_every": 10**6,
+            "torch_threads": 1, "log_every": 1000}
     return validate_train(from_dict(TrainConfig, {**base, **overrides}))
 
 

@@ -56,7 +56,7 @@ def help_default(argv, flag):
 
 def test_help_shows_what_the_chosen_preset_runs_with():
     assert help_default([], "--eval-every") == ("breakout preset", "250000")
-    assert help_default(["--preset", "cartpole"], "--eval-every") == ("cartpole preset", "20000")
+    assert help_default(["--preset", "cartpole"], "--eval-every") == ("cartpole preset", "5000")
 
 
 def test_resumable_settings_are_declared_on_the_settings():

@@ -90,10 +90,10 @@ def test_actors_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_too_small_a_replay_for_the_actors_is_one_line(tmp_path, capsys):
     pytest.importorskip("ray", reason=NO_RAY)
-    # cartpole: 4 envs an actor, n_step 1; each actor's share needs 4 * (50 + 1 + 1 + 1) = 212 > 500 / 4
+    # cartpole: 4 envs an actor, n_step 3; each actor's share needs 4 * (50 + 1 + 3 + 1) = 220 > 500 / 4
     line = one_line_error(train_cli.main, ["--preset", "cartpole", "--actors", "4", "--actor-chunk-steps", "50",
                                            "--buffer-size", "500", "--run-dir", str(tmp_path / "r")], capsys)
-    assert "buffer_size = 500" in line and "buffer_size >= 848" in line and "--actors 4" in line
+    assert "buffer_size = 500" in line and "buffer_size >= 880" in line and "--actors 4" in line
     assert not (tmp_path / "r").exists()
 
 
@@ -120,7 +120,7 @@ def test_ctrl_c_stops_every_actor_and_resume_continues(ray_cluster, tmp_path, ca
     actor behind; --resume --actors continues the learner to the end."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "scripts.train", "--preset", "cartpole", "--actors", "2", "--total-steps", "1000000",
-           "--learning-starts", "1000", "--eval-every", "0", "--torch-threads", "1", "--no-progress",
+           "--learning-starts", "1000", "--eval-every", "0", "--target-return", "0", "--torch-threads", "1", "--no-progress",
            "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -38,7 +38,7 @@ def test_actor_epsilon_schedules_end_at_the_apex_spread(anneal):
 @pytest.mark.parametrize("actors,buffer_size,ok", [(2, 2 * 4 * (10 + 1 + 1 + 1), True),
                                                    (2, 2 * 4 * (10 + 1 + 1 + 1) - 1, False), (0, 10**6, False)])
 def test_each_actor_needs_a_chunk_and_its_surroundings_in_its_share(actors, buffer_size, ok):
-    cfg = cartpole(buffer_size=buffer_size)               # 4 envs, chunks of 10 steps, no stack, n_step 1
+    cfg = cartpole(buffer_size=buffer_size, n_step=1)     # 4 envs, chunks of 10 steps, no stack, n_step 1
     if ok:
         check_config(cfg, actors)
     else:

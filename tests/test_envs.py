@@ -233,12 +233,14 @@ def test_an_id_only_a_package_registers_is_refused_without_it(tmp_path, gym_pack
 def test_a_gym_id_is_solved_through_the_gym_prefix(tmp_path):
     """FrozenLake-v1 (the slippery 4x4 lake; its Discrete observations reach the MLP one-hot): 30k seeded steps
     (about 40 s on 2 busy cores) reach gymnasium's reward threshold for it, a 0.70 success rate, over 1,000
-    greedy games; the best policy's is about 0.74. The classic-control ids are either aliases already
+    greedy games; the best policy's is about 0.74 (with 1-step returns: a 3-step return on the slippery lake
+    counts the exploratory slips of the steps after the first). The classic-control ids are either aliases already
     (CartPole-v1, Acrobot-v1, MountainCar-v0), continuous (Pendulum) or CartPole again (v0)."""
     run_dir = tmp_path / "frozenlake"
     code = run_cli(train_cli.main, ["--preset", "cartpole", "--env", "gym:FrozenLake-v1", "--total-steps", "30000",
                                     "--learning-starts", "1000", "--exploration-fraction", "0.3", "--hidden-sizes",
-                                    "[64, 64]", "--seed", "1", "--eval-every", "0", "--run-dir", str(run_dir),
+                                    "[64, 64]", "--n-step", "1", "--seed", "1", "--eval-every", "0", "--target-return", "0",
+                                    "--run-dir", str(run_dir),
                                     "--no-progress", "--no-save-replay"])
     assert code == 0
     out = tmp_path / "eval.json"
@@ -256,7 +258,7 @@ def test_a_users_package_trains_resumes_and_evaluates_through_gym_packages(tmp_p
     # gamma 0.9: a short horizon makes the gaps between the two actions' values large enough to learn in 3,000 steps
     base = ["--preset", "cartpole", "--env", "gym:RlTest/Corridor-v0", "--gym-packages", f'["{gym_package}"]',
             "--total-steps", "3000", "--learning-starts", "500", "--exploration-fraction", "0.3", "--gamma", "0.9",
-            "--checkpoint-every", "1000", "--eval-every", "0", "--no-progress", "--torch-threads", "1"]
+            "--checkpoint-every", "1000", "--eval-every", "0", "--target-return", "0", "--no-progress", "--torch-threads", "1"]
     assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / "straight")]) == 0
     assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / "split"), "--stop-at", "1500"]) == 0
     assert run_cli(train_cli.main, ["--resume", str(tmp_path / "split"), "--no-progress"]) == 0
@@ -282,7 +284,7 @@ def test_an_image_env_trains_with_minatar_cnn_and_resumes_exactly(env, obs_shape
     resumed ends with the uninterrupted run's weights, replay and env states restored bit for bit."""
     base = [*env, "--num-envs", "2", "--total-steps", "600",
             "--learning-starts", "200", "--buffer-size", "2000", "--target-update", "100", "--checkpoint-every", "300",
-            "--eval-every", "0", "--no-progress", "--torch-threads", "1"]
+            "--eval-every", "0", "--target-return", "0", "--no-progress", "--torch-threads", "1"]
     assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / "straight")]) == 0
     assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / "split"), "--stop-at", "300"]) == 0
     assert run_cli(train_cli.main, ["--resume", str(tmp_path / "split"), "--no-progress"]) == 0

@@ -143,7 +143,7 @@ def test_damaged_checkpoint_is_named_in_the_error(damage, tmp_path):
 def tiny_run(tmp_path_factory) -> Path:
     """A real CartPole run of 1,000 steps: latest.pt and the replay beside it, as rl-train writes them."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    argv = ["--preset", "cartpole", "--total-steps", "1000", "--learning-starts", "200", "--eval-every", "0",
+    argv = ["--preset", "cartpole", "--total-steps", "1000", "--learning-starts", "200", "--eval-every", "0", "--target-return", "0",
             "--torch-threads", "1", "--no-progress", "--run-dir", str(run_dir)]
     assert run_cli(train_cli.main, argv) == 0
     return run_dir

@@ -144,7 +144,7 @@ def test_an_apex_sweep_trains_each_point_with_actors_one_after_another(ray_clust
     then scored like any other."""
     root = tmp_path / "sweep"
     argv = ["--preset", "cartpole", "--seeds", "0..1", "--actors", "2", "--set", "total_steps=1200",
-            "--set", "learning_starts=400", "--set", "eval_every=0", "--set", "eval_episodes=2",
+            "--set", "learning_starts=400", "--set", "eval_every=0", "--set", "target_return=0", "--set", "eval_episodes=2",
             "--set", "torch_threads=1", "--bootstrap-reps", "1000", "--root", str(root)]
     assert run_cli(sweep_cli.main, argv, prog="rl-sweep") == 0
     assert "one after another, each with 2 Ape-X actors" in capsys.readouterr().err

@@ -241,7 +241,7 @@ def test_periodic_evaluation_leaves_training_untouched(tmp_path):
     common = ["--preset", "cartpole", "--total-steps", "800", "--learning-starts", "200", "--eval-episodes", "2",
               *QUIET]
     assert run_cli(train_cli.main, [*common, "--eval-every", "200", "--run-dir", str(tmp_path / "eval")]) == 0
-    assert run_cli(train_cli.main, [*common, "--eval-every", "0", "--run-dir", str(tmp_path / "plain")]) == 0
+    assert run_cli(train_cli.main, [*common, "--eval-every", "0", "--target-return", "0", "--run-dir", str(tmp_path / "plain")]) == 0
     with_eval, without = (ckpt.load(tmp_path / run / "checkpoints" / "latest.pt")["agent"]["q"]
                           for run in ("eval", "plain"))
     assert all(torch.equal(with_eval[k], without[k]) for k in without)
