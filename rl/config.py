@@ -86,8 +86,6 @@ class TrainConfig:
     hidden_sizes: list[int] = setting(None, "MLP hidden layer widths", low=1, factory=lambda: [120, 84])
     # Rainbow-family switches (Hessel et al. 2018); each composes with the others
     dueling: bool = setting(False, "dueling streams: Q = V + A - mean(A) (Wang et al. 2016)")
-    layer_norm: bool = setting(False, "LayerNorm before each hidden ReLU of the MLP and of the head, which keeps TD "
-                                      "learning from diverging (as in PQN, Gallici et al. 2024)")
     noisy: bool = setting(False, "factorised noisy linear layers explore instead of epsilon (Fortunato et al. 2018)")
     noisy_sigma: float = setting(0.5, "initial noise scale sigma_0 of noisy layers", low=0.0, low_open=True)
     distributional: bool = setting(False, "C51 categorical value distribution (Bellemare et al. 2017)")

@@ -156,15 +156,14 @@ class ImpalaEncoder(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """ReLU layers for vector observations float[B, D]; no layers when ``hidden_sizes`` is empty. With
-    ``layer_norm`` each layer is Linear -> LayerNorm -> ReLU."""
+    """ReLU layers for vector observations float[B, D]; no layers when ``hidden_sizes`` is empty."""
 
-    def __init__(self, in_features: int, hidden_sizes: Sequence[int], dropout: float = 0.0, layer_norm: bool = False):
+    def __init__(self, in_features: int, hidden_sizes: Sequence[int], dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), *([nn.LayerNorm(hidden)] if layer_norm else []), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = hidden
@@ -176,12 +175,11 @@ class MLPEncoder(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """encoder -> hidden layer -> Q head, optionally dueling (V + A - mean A), noisy, distributional, and with
-    the hidden layer layer-normalised."""
+    """encoder -> hidden layer -> Q head, optionally dueling (V + A - mean A), noisy, distributional."""
 
     def __init__(self, encoder: nn.Module, num_actions: int, hidden: int, *, dueling: bool = False,
                  noisy: bool = False, noisy_sigma: float = 0.5, atoms: int = 1, v_min: float = -10.0,
-                 v_max: float = 10.0, layer_norm: bool = False):
+                 v_max: float = 10.0):
         super().__init__()
         self.encoder = encoder
         self.num_actions, self.atoms, self.dueling = num_actions, atoms, dueling
@@ -190,8 +188,7 @@ class QNetwork(nn.Module):
             return NoisyLinear(i, o, noisy_sigma) if noisy else nn.Linear(i, o)
 
         def stream(outputs):
-            norm = [nn.LayerNorm(hidden)] if layer_norm else []
-            return nn.Sequential(linear(encoder.out_features, hidden), *norm, nn.ReLU(), linear(hidden, outputs))
+            return nn.Sequential(linear(encoder.out_features, hidden), nn.ReLU(), linear(hidden, outputs))
 
         self.advantage = stream(num_actions * atoms)
         self.value = stream(atoms) if dueling else None
@@ -229,7 +226,7 @@ class QNetwork(nn.Module):
         """Draw the head's layers afresh (their initial distribution); the encoder keeps what it learned."""
         for stream in self.head():
             for module in stream.modules():
-                if isinstance(module, (nn.Linear, NoisyLinear, nn.LayerNorm)):
+                if isinstance(module, (nn.Linear, NoisyLinear)):
                     module.reset_parameters()
 
 
@@ -247,9 +244,8 @@ def networks_fitting(obs_shape: Sequence[int]) -> list[str]:
 def make_q_network(kind: str, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int] = (120, 84),
                    **head) -> QNetwork:
     """Build a Q-network. ``kind``: nature_cnn | impala_cnn | minatar_cnn (images [C, H, W]) or mlp (vectors);
-    ``head`` takes the QNetwork options (dueling, noisy, noisy_sigma, atoms, v_min, v_max, layer_norm; the MLP's
-    own hidden layers are normalised too). For the MLP the last of ``hidden_sizes`` is the head's hidden layer; for
-    the CNNs it is 512 (Nature), 256 (Impala), 128 (MinAtar)."""
+    ``head`` takes the QNetwork options (dueling, noisy, noisy_sigma, atoms, v_min, v_max). For the MLP the last of
+    ``hidden_sizes`` is the head's hidden layer; for the CNNs it is 512 (Nature), 256 (Impala), 128 (MinAtar)."""
     if kind in IMAGE_NETWORKS:
         encoder, hidden, _ = IMAGE_NETWORKS[kind]
         if kind not in networks_fitting(obs_shape):
@@ -259,8 +255,7 @@ def make_q_network(kind: str, obs_shape: Sequence[int], num_actions: int, hidden
     if kind == "mlp":
         in_features = math.prod(obs_shape)
         sizes = list(hidden_sizes) or [64]
-        encoder = MLPEncoder(in_features, sizes[:-1], layer_norm=head.get("layer_norm", False))
-        return QNetwork(encoder, num_actions, sizes[-1], **head)
+        return QNetwork(MLPEncoder(in_features, sizes[:-1]), num_actions, sizes[-1], **head)
     raise ValueError(f"unknown network {kind!r}; choose one of: {', '.join([*IMAGE_NETWORKS, *VECTOR_NETWORKS])}")
 
 
@@ -268,8 +263,7 @@ def q_network_for(cfg, obs_shape: Sequence[int], num_actions: int) -> QNetwork:
     """The Q-network a TrainConfig describes; training, evaluation and behaviour cloning all use it."""
     return make_q_network(cfg.network, obs_shape, num_actions, cfg.hidden_sizes, dueling=cfg.dueling,
                           noisy=cfg.noisy, noisy_sigma=cfg.noisy_sigma,
-                          atoms=cfg.num_atoms if cfg.distributional else 1, v_min=cfg.v_min, v_max=cfg.v_max,
-                          layer_norm=cfg.layer_norm)
+                          atoms=cfg.num_atoms if cfg.distributional else 1, v_min=cfg.v_min, v_max=cfg.v_max)
 
 
 def use_channels_last(net: nn.Module) -> nn.Module:

@@ -1,10 +1,9 @@
-"""rl.networks: the encoders, the Q head's options (dueling, noisy, distributional, layer norm), which network fits
-which image, and the random shift augmentation."""
+"""rl.networks: the encoders, the Q head's options (dueling, noisy, distributional), which network fits which
+image, and the random shift augmentation."""
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from rl.networks import NoisyLinear, make_q_network, networks_fitting, random_shift
 
@@ -85,20 +84,3 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
                     matches.append((dy, dx))
         assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
 
-
-@pytest.mark.parametrize("kind,shape", [("mlp", (4,)), ("nature_cnn", (4, 84, 84))])
-def test_layer_norm_normalises_each_hidden_layer_before_its_relu(kind, shape):
-    """layer_norm = true: every hidden Linear of the MLP and of the head is followed by a LayerNorm (the CNN's
-    convolutions are not); off, the network has none."""
-    plain = make_q_network(kind, shape, 3, [16, 16], dueling=True)
-    normed = make_q_network(kind, shape, 3, [16, 16], dueling=True, layer_norm=True)
-    assert not any(isinstance(m, nn.LayerNorm) for m in plain.modules())
-    hidden = [m for m in normed.modules() if isinstance(m, nn.Linear) and m.out_features in (16, 512)]
-    norms = [m for m in normed.modules() if isinstance(m, nn.LayerNorm)]
-    assert len(norms) == len(hidden) == (3 if kind == "mlp" else 2)    # encoder 16, value and advantage streams
-    stream = list(normed.advantage)
-    assert isinstance(stream[1], nn.LayerNorm) and isinstance(stream[2], nn.ReLU)
-    x = torch.randn(5, *shape) if kind == "mlp" else torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
-    h = stream[1](stream[0](normed.encoder(x)))
-    torch.testing.assert_close(h.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)   # normalised (weight 1, bias 0)
-    assert normed(x).shape == (5, 3)
