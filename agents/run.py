@@ -32,6 +32,7 @@ from rl.logging import Logger, Progress, RateMeter, process_identity, read_evalu
 from rl.replay import ReplayBuffer
 
 EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
+HEARTBEAT_SECONDS = 30.0           # how often a running run brings run.json up to date (rl-runs reads it)
 TENSORBOARD_VIDEO_SECONDS = 20     # TensorBoard gets the start of the filmed game; RUN_DIR/videos all of it
 
 
@@ -156,14 +157,18 @@ class Run:
         self.refill_until = 0         # after a resume without replay: no updates before this step
         self.skipped_updates = 0      # updates owed while there was nothing to learn from
         self.resume_note = ""
+        self.saved_step: int | None = None   # the step latest.pt holds: where a resume would continue
+        self.sps: float | None = None         # agent steps/s over the last heartbeat, everything included
         self._clock: float | None = None   # perf_counter() up to which wall_time counts; None outside train()
 
     # --- run.json and the clock ------------------------------------------------------------
     def write_status(self, status: str) -> None:
         info = {"preset": self.preset, "env": self.cfg.env, "status": status, "step": self.step,
-                "total_steps": self.cfg.total_steps, "episodes": self.episodes,
+                "total_steps": self.cfg.total_steps, "checkpoint_step": self.saved_step, "episodes": self.episodes,
                 "wall_time": round(self.wall_time, 1), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 **process_identity()}               # lets rl-runs tell a dead "running" run from a live one
+        if status == "running" and self.sps is not None:
+            info["sps"] = round(self.sps, 1)
         try:
             ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
         except OSError as exc:
@@ -202,10 +207,12 @@ class Run:
             # replay first: latest.pt must never point at a replay that is not on disk yet
             if self.replay is not None and self.cfg.save_replay:
                 self.checkpoints.save_replay(self.replay.state_dict(), self.step)
-            return self.checkpoints.save(self.payload(), self.step, periodic)
+            path = self.checkpoints.save(self.payload(), self.step, periodic)
         except OSError as exc:
             raise RunDirError(f"cannot write a checkpoint in {self.checkpoints.root}: {exc.strerror or exc}; "
                               f"earlier checkpoints are intact") from None
+        self.saved_step = self.step
+        return path
 
     def load(self, device: torch.device) -> dict[str, Any]:
         """Continue from ``latest.pt``: the agent (weights, optimizer, updates), torch's RNG, the run's counters
@@ -216,6 +223,7 @@ class Run:
         self.agent.load_state_dict(payload["agent"])
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
+        self.saved_step = self.step
         self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
         self.refill_until, self.skipped_updates = meta.get("refill_until", 0), meta.get("skipped_updates", 0)
         if self.replay is not None:
@@ -350,6 +358,7 @@ class Loop:
         self.log_due = Every(cfg.log_every, run.step)
         self.eval_due = Every(cfg.eval_every, run.step)
         self.checkpoint_due = Every(cfg.checkpoint_every, run.step)
+        self.beat = (run.step, time.perf_counter())   # the last heartbeat: step and time
 
     def record(self, steps: int, games: list[tuple[float, int]], actor: int | None = None) -> None:
         """Count ``steps`` more agent steps and the games that ended in them (return, length), on TensorBoard
@@ -384,6 +393,7 @@ class Loop:
         run = self.run
         if self.log_due.due(run.step):
             log()
+            self.heartbeat()
         if self.eval_due.due(run.step):
             paused = time.perf_counter()
             results = run.evaluate(self.logger, self.progress)
@@ -397,3 +407,14 @@ class Loop:
         if self.stop.requested or (self.stop_at is not None and self.stop_at <= run.step < run.cfg.total_steps):
             return "stopped"
         return None
+
+    def heartbeat(self) -> None:
+        """At most every HEARTBEAT_SECONDS, write run.json's step, wall time and speed (agent steps/s since the
+        last heartbeat, evaluations and checkpoints included), so rl-runs shows a live run's progress and the
+        time it has left rather than where it stood at its last checkpoint."""
+        run, (step, then), now = self.run, self.beat, time.perf_counter()
+        if now - then >= HEARTBEAT_SECONDS:
+            run.sps = (run.step - step) / (now - then)
+            run.tick()
+            run.write_status("running")
+            self.beat = (run.step, now)

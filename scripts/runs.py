@@ -7,8 +7,10 @@
 
 A run is a directory holding a ``config.toml`` written by rl-train. Scores come from its
 ``evaluations.jsonl`` (periodic evaluation, ``eval_every``), progress and status from ``run.json``.
-A run whose ``run.json`` still says running but whose process is gone shows as ``interrupted``
-(``running?`` when it ran on another host, where that cannot be checked).
+A running run brings its ``run.json`` up to date every 30 s or so, with its speed, from which the table gives
+the time it has left. A run whose ``run.json`` still says running but whose process is gone shows as
+``interrupted`` (``running?`` when it ran on another host, where that cannot be checked), with the steps of its
+last checkpoint, where ``rl-train --resume`` continues.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError, load_toml
 from rl.logging import process_alive, read_evaluations
 
-COLUMNS = ("run", "preset", "env", "steps", "last eval", "best eval", "best hns", "wall time", "status")
+COLUMNS = ("run", "preset", "env", "steps", "last eval", "best eval", "best hns", "wall time", "steps/s", "left",
+           "status")
 
 
 def build_parser() -> ArgumentParser:
@@ -102,16 +105,24 @@ def summarize(run_dir: Path, root: Path) -> dict[str, str]:
     last = evals[-1] if evals else None
     best = max(evals, key=lambda r: r["mean"]) if evals else None
     name = run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name
+    status = run_status(info)
+    step = info.get("step", 0)
+    if status == "interrupted" and info.get("checkpoint_step") is not None:
+        step = info["checkpoint_step"]                 # what was trained after it is lost; a resume starts here
+    sps = info.get("sps") if status in ("running", "running?") else None
+    left = (info["total_steps"] - step) / sps if sps and info.get("total_steps") else None
     return {
         "run": name,
         "preset": info.get("preset") or "-",
         "env": info.get("env") or "?",
-        "steps": f"{count(info.get('step', 0))}/{count(info.get('total_steps'))}",
+        "steps": f"{count(step)}/{count(info.get('total_steps'))}",
         "last eval": f"{last['mean']:.1f}" if last else "-",
         "best eval": f"{best['mean']:.1f} @{count(best['step'])}" if best else "-",
         "best hns": f"{best['human_normalized']:.2f}" if best and "human_normalized" in best else "-",
         "wall time": duration(info.get("wall_time")),
-        "status": run_status(info),
+        "steps/s": f"{sps:.0f}" if sps else "-",
+        "left": duration(left),
+        "status": status,
     }
 
 

@@ -68,6 +68,25 @@ def test_the_tail_logs_evaluates_checkpoints_and_stops_in_that_order(tmp_path):
     assert (meta["step"], meta["episodes"], meta["owner"]) == (450, 1, [1, 2])
 
 
+def test_a_running_run_keeps_run_json_current(tmp_path, monkeypatch):
+    """Heartbeats at log time bring run.json's step, wall time and speed up to date while the loop runs, and it
+    names the step of the last checkpoint, where a resume would continue."""
+    import agents.run as run_module
+
+    monkeypatch.setattr(run_module, "HEARTBEAT_SECONDS", 0.0)
+    run = new_run(tmp_path, log_every=100, checkpoint_every=300, eval_every=0, target_return=0.0)
+    seen = []
+    body = stepping(run, 50, lambda: seen.append(json.loads((tmp_path / "run.json").read_text())))
+    assert run.train(body, stop_at=450, example_obs=np.zeros((1, 4), np.float32)) == "stopped"
+    # each log sees the heartbeat of the log before it
+    assert [(r["status"], r["step"], r["checkpoint_step"]) for r in seen] == [
+        ("running", 0, None), ("running", 100, None), ("running", 200, None), ("running", 300, 300)]
+    assert all(r["sps"] > 0 for r in seen[1:]) and seen[1]["wall_time"] <= seen[3]["wall_time"]
+    final = json.loads((tmp_path / "run.json").read_text())
+    assert (final["status"], final["step"], final["checkpoint_step"]) == ("stopped", 450, 450)
+    assert "sps" not in final                                    # a speed only while it runs
+
+
 def test_a_target_return_reached_ends_the_run_as_solved(tmp_path):
     run = new_run(tmp_path, eval_every=100, eval_episodes=1, target_return=1.0)
     assert run.train(stepping(run, 100), stop_at=None, example_obs=np.zeros((1, 4), np.float32)) == "solved"

@@ -59,7 +59,8 @@ def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
     assert times[1] <= json.loads((root / "done" / "run.json").read_text())["wall_time"]
     assert rows["done"] == {"run": "done", "preset": "cartpole", "env": "cartpole", "steps": "800/800",
                             "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
-                            "best hns": "-", "wall time": rows["done"]["wall time"], "status": "finished"}
+                            "best hns": "-", "wall time": rows["done"]["wall time"], "steps/s": "-", "left": "-",
+                            "status": "finished"}
     assert rows["done"]["wall time"].endswith("s")
     assert rows["sweep/paused"]["status"] == "stopped" and rows["sweep/paused"]["steps"] == "400/800"
     assert rows["broken"]["status"] == "failed"
@@ -106,6 +107,23 @@ def test_reused_pid_is_not_mistaken_for_the_run(tmp_path, capsys):
         (run / "run.json").write_text(json.dumps({"status": "running", "step": 50, **me,
                                                   "pid_start": me["pid_start"] - 1}))
         assert rl_runs(capsys, str(tmp_path))["old"]["status"] == "interrupted"
+
+
+def test_a_live_run_shows_its_speed_and_time_left_and_an_interrupted_one_its_checkpoint(tmp_path, capsys):
+    from rl.logging import process_identity
+
+    me = process_identity()
+    for name in ("live", "dead"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text('env = "breakout"\ntotal_steps = 1000000\n')
+    info = {"status": "running", "step": 250_000, "checkpoint_step": 200_000, "total_steps": 1_000_000, "sps": 100.0}
+    (tmp_path / "live" / "run.json").write_text(json.dumps({**info, **me}))
+    rows = rl_runs(capsys, str(tmp_path))
+    assert (rows["live"]["steps"], rows["live"]["steps/s"], rows["live"]["left"]) == ("250k/1M", "100", "2h05m")
+    if me["pid_start"] is not None:                                   # a pid of another process: it died
+        (tmp_path / "dead" / "run.json").write_text(json.dumps({**info, **me, "pid_start": me["pid_start"] - 1}))
+        dead = rl_runs(capsys, str(tmp_path))["dead"]
+        assert (dead["status"], dead["steps"], dead["steps/s"], dead["left"]) == ("interrupted", "200k/1M", "-", "-")
 
 
 def test_evaluations_survive_torn_lines_and_resumes(tmp_path):
