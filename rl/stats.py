@@ -65,3 +65,22 @@ def summarize(scores: Sequence[float], *, reps: int = BOOTSTRAP_REPS, seed: int 
     return {"n": int(x.size), "iqm": float(point["runs"][0]), "ci_low": float(low), "ci_high": float(high),
             "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None,
             "worst": float(x.min()), "worst_index": int(x.argmin())}
+
+
+def method(reps: int = BOOTSTRAP_REPS, seed: int = 0) -> str:
+    """How :func:`summarize`'s figures were computed, to print beside them."""
+    return (f"IQM = 25% trimmed mean (rliable) with a 95% stratified bootstrap CI ({reps:,} resamples, seed {seed}); "
+            f"std = sample std (ddof 1)")
+
+
+def summary_line(s: dict[str, Any], worst: str) -> str:
+    """:func:`summarize`'s dict in one line; ``worst`` names the run that scored lowest."""
+    std = f" ± {s['std']:.2f}" if s["std"] is not None else ""
+    return (f"IQM {s['iqm']:.2f} [95% CI {s['ci_low']:.2f}, {s['ci_high']:.2f}], mean {s['mean']:.2f}{std}, "
+            f"worst {s['worst']:.2f} ({worst})")
+
+
+def description(reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Any]:
+    """:func:`method` as data, for JSON written beside the figures."""
+    return {"iqm": "25% trimmed mean (rliable)", "ci": f"{CONFIDENCE:.0%} stratified bootstrap, percentile",
+            "bootstrap_reps": reps, "bootstrap_seed": seed, "std": "sample std, ddof 1"}

@@ -222,8 +222,7 @@ def protocol_lines(runs: list[dict[str, Any]], reps: int) -> list[str]:
         command = "rl-evaluate FILE --episodes <eval_episodes>"
     return [f"scores: each run's checkpoints/latest.pt (the last network) and best.pt (its best periodic evaluation; "
             f"none with eval_every = 0), {games}, seed {EVALUATE_SEED}: what `{command}` prints",
-            f"over seeds: IQM = 25% trimmed mean (rliable) with a 95% stratified bootstrap CI ({reps:,} resamples, "
-            f"seed {BOOTSTRAP_SEED}); std = sample std (ddof 1); worst = the lowest seed's score"]
+            f"over seeds: {stats.method(reps, BOOTSTRAP_SEED)}; worst = the lowest seed's score"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,10 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "protocol": {"eval_episodes": cfg0.eval_episodes, "eval_epsilon": cfg0.eval_epsilon,
                             "eval_seed": EVALUATE_SEED, "checkpoints": list(CHECKPOINTS),
                             "base": dataclasses.asdict(cfg0) | {"seed": None}},
-               "statistics": {"iqm": "25% trimmed mean (rliable)",
-                              "ci": f"{stats.CONFIDENCE:.0%} stratified bootstrap, percentile",
-                              "bootstrap_reps": settings.bootstrap_reps, "bootstrap_seed": BOOTSTRAP_SEED,
-                              "std": "sample std, ddof 1"},
+               "statistics": stats.description(settings.bootstrap_reps, BOOTSTRAP_SEED),
                "rows": rows}
     try:
         (root / "summary.json").write_text(json.dumps(summary, indent=1))

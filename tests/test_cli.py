@@ -1,12 +1,14 @@
 """The command lines as users run them: bad input is one line, exit 2, nothing written."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rl import stats
 from rl.cli import run_cli
 from scripts import evaluate, train
 
@@ -89,6 +91,63 @@ def test_evaluate_rejects_missing_or_corrupt_checkpoint(content, expect, tmp_pat
 def test_evaluate_rejects_bad_numbers(argv, text, tmp_path, capsys):
     code, err = run_main(evaluate.main, [str(tmp_path / "x.pt"), *argv], capsys)
     assert code == 2 and len(err) == 1 and text in err[0]
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory) -> list[Path]:
+    """Three tiny CartPole runs of different seeds (their latest.pt), and one Acrobot run last."""
+    root = tmp_path_factory.mktemp("seeds")
+    runs = [("cartpole", 0), ("cartpole", 1), ("cartpole", 2), ("acrobot", 0)]
+    for env, seed in runs:
+        assert run_cli(train.main, ["--preset", "cartpole", "--env", env, "--seed", str(seed), "--total-steps",
+                                    "600", "--learning-starts", "200", "--eval-every", "0", "--target-return", "0",
+                                    "--no-save-replay", "--run-dir", str(root / f"{env}-{seed}"),
+                                    "--no-progress"]) == 0
+    return [root / f"{env}-{seed}" / "checkpoints" / "latest.pt" for env, seed in runs]
+
+
+PLAY = ["--episodes", "3", "--epsilon", "0.5", "--no-progress"]
+
+
+def evaluate_json(argv, path: Path, capsys) -> dict:
+    assert run_cli(evaluate.main, [*argv, *PLAY, "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_evaluate_several_checkpoints_scores_each_and_summarises_over_them(seeds, tmp_path, capsys):
+    files = seeds[:3]
+    several = evaluate_json(map(str, files), tmp_path / "all.json", capsys)
+    out = capsys.readouterr().out
+    alone = [evaluate_json([str(f)], tmp_path / f"{i}.json", capsys) for i, f in enumerate(files)]
+    assert several["runs"] == alone                       # each file scored exactly as it is on its own
+    means = [r["mean"] for r in alone]
+    assert len(set(means)) > 1                            # the seeds differ, so the summary has something to do
+    expected = stats.summarize(means, seed=evaluate.BOOTSTRAP_SEED)
+    worst = str(files[expected.pop("worst_index")])
+    assert several["summary"] == expected | {"worst_checkpoint": worst}
+    assert several["statistics"]["bootstrap_reps"] == stats.BOOTSTRAP_REPS
+    assert f"over 3 checkpoints: IQM {expected['iqm']:.2f}" in out and f"({worst})" in out
+    assert all(f"{f}\n  protocol: CartPole-v1" in out for f in files)
+
+
+@pytest.mark.parametrize("pick,extra,text", [
+    ([0, 3], [], "different envs (cartpole in"),
+    ([0, 1, 0], [], "is given twice"),
+    ([0, 1], ["--video", "games.mp4"], "--video films one agent: give one checkpoint, not 2"),
+])
+def test_evaluate_several_checkpoints_rejects_what_cannot_be_summarised(pick, extra, text, seeds, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code, err = run_main(evaluate.main, [*(str(seeds[i]) for i in pick), *PLAY, "--json", str(out), *extra], capsys)
+    assert code == 2 and len(err) == 1 and text in err[0], err
+    assert not out.exists()
+
+
+def test_evaluate_several_checkpoints_loads_all_before_playing(seeds, tmp_path, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a zip at all")
+    code = run_cli(evaluate.main, [str(seeds[0]), str(broken), *PLAY], prog="rl-test")
+    captured = capsys.readouterr()
+    assert code == 2 and "truncated or corrupt" in captured.err and "return:" not in captured.out
 
 
 def test_console_scripts_are_installed_and_answer_help():
