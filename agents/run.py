@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from agents.evaluation import play, protocol_line, score_line
 from agents.policy import is_policy_file, load_training_checkpoint
 from envs import is_atari
 from rl import checkpoint as ckpt
+from rl import numerics
 from rl.config import ConfigError, TrainConfig, base_config, dumps_toml, from_dict, load_toml, resumable_keys
 from rl.logging import Logger, Progress, RateMeter, process_identity, read_evaluations
 from rl.replay import ReplayBuffer
@@ -345,6 +346,19 @@ class RunOwner:
     def resume_note(self) -> str:
         """What :meth:`restore` did about the replay, for rl-train to print."""
         return self.run.resume_note
+
+
+@contextlib.contextmanager
+def training(make: Callable[[], Any]) -> Iterator[Any]:
+    """The trainer ``make()`` builds, closed after the block, with subnormal floats flushed to zero
+    (``rl.numerics``) from before it is built: torch starts its worker threads while the trainer builds
+    its network, and only threads started inside the flush flush too."""
+    with numerics.subnormals_flushed():
+        trainer = make()
+        try:
+            yield trainer
+        finally:
+            trainer.close()
 
 
 class Loop:

@@ -3,6 +3,7 @@ scores them. Plain Python: scripts/sweep.py runs it as a Ray task (single-proces
 in its own process on the whole cluster, one grid point after another (Ape-X runs, ``actors`` > 0)."""
 from __future__ import annotations
 
+import functools
 import socket
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from agents.evaluation import evaluate_checkpoint
-from agents.run import RunDirError, TrainingDiverged, prepare_run_dir
+from agents.run import RunDirError, TrainingDiverged, prepare_run_dir, training
 from agents.runner import Trainer
 from rl import checkpoint as ckpt
 from rl.config import ConfigError, TrainConfig
@@ -31,14 +32,12 @@ def sweep_run(cfg: TrainConfig, run_dir: str, preset: str | None, name: str, thr
         prepare_run_dir(run_dir_, cfg, preset)
         if actors:
             from agents.distributed.learner import DistributedTrainer
-            trainer = DistributedTrainer(cfg, run_dir_, actors=actors, preset=preset, show_progress=False)
+            make = functools.partial(DistributedTrainer, actors=actors)
         else:
-            trainer = Trainer(cfg, run_dir_, preset=preset, show_progress=False)
-        try:
+            make = Trainer
+        with training(lambda: make(cfg, run_dir_, preset=preset, show_progress=False)) as trainer:
             result["status"] = trainer.train()
             result["step"] = trainer.step
-        finally:
-            trainer.close()
         if result["status"] == "stopped":
             return result
         files = {"latest": trainer.checkpoints.latest, "best": trainer.checkpoints.best}

@@ -50,9 +50,10 @@ def train(preset: str | None = None, run_dir: str | Path | None = None, *, confi
     Settings come from ``overrides`` (any config key, e.g. ``total_steps=50_000``), over the ``config`` TOML
     file, over the ``preset`` (default ``breakout``). ``resume=RUN_DIR`` continues a stopped run instead
     (only resumable keys may be overridden). ``stop_at`` checkpoints and stops once that many agent steps
-    are done. Raises ConfigError for bad input before any work.
+    are done. Raises ConfigError for bad input before any work. While it trains, this thread (and torch's worker
+    threads, if it starts them) flush subnormal floats to zero (``rl.numerics``); the setting is put back after.
     """
-    from agents.run import new_config, prepare_run_dir, resumed_config
+    from agents.run import new_config, prepare_run_dir, resumed_config, training
     from agents.runner import Trainer
     from rl.logging import read_evaluations
 
@@ -69,14 +70,11 @@ def train(preset: str | None = None, run_dir: str | Path | None = None, *, confi
         run_dir = Path(run_dir)
         cfg, preset = new_config(preset, config, overrides)
         prepare_run_dir(run_dir, cfg, preset)
-    trainer = Trainer(cfg, run_dir, preset=preset, show_progress=progress)
-    try:
+    with training(lambda: Trainer(cfg, run_dir, preset=preset, show_progress=progress)) as trainer:
         if resume is not None:
             trainer.restore()
         status = trainer.train(stop_at=stop_at)
         steps = trainer.step
-    finally:
-        trainer.close()
     return TrainingRun(run_dir, status, steps, cfg, read_evaluations(run_dir))
 
 

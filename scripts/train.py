@@ -87,15 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume is not None and args.actors is None and (args.resume / "distributed.json").exists():
         raise ConfigError(f"--resume {args.resume}: this run was trained with --actors; resume it with --actors N")
     cfg, preset, run_dir = resolve_config(args)
-    from agents.run import RunDirError, TrainingDiverged, prepare_run_dir
+    from agents.run import RunDirError, TrainingDiverged, prepare_run_dir, training
     from agents.runner import Trainer
     from rl.checkpoint import CheckpointError
 
     make_trainer = Trainer if args.actors is None else distributed_trainer(args, cfg)
     if args.resume is None:
         prepare_run_dir(run_dir, cfg, preset)
-    trainer = make_trainer(cfg, run_dir, preset=preset, show_progress=not args.no_progress)
-    try:
+    with training(lambda: make_trainer(cfg, run_dir, preset=preset, show_progress=not args.no_progress)) as trainer:
         if args.resume is not None:
             try:
                 trainer.restore()
@@ -122,8 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rl-train: finished {trainer.step:,} steps; checkpoint {latest}; "
                   f"evaluate with: rl-evaluate {latest}", file=sys.stderr)
         return 0
-    finally:
-        trainer.close()
 
 
 def entry() -> None:
