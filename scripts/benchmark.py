@@ -3,12 +3,14 @@
     rl-bench                          # breakout preset on the default device
     rl-bench --json bench.json --train-steps 4000
     rl-bench --actors 2               # and Ape-X on Ray: acting with 1 and 2 actors, the learner via the replay actor
+    rl-bench --checkpoint runs/bo/checkpoints/latest.pt   # a long run's learner, subnormals computed or flushed
 
 Prints a table and, with --json, writes the figures. Every rate is measured in this process, so
 ratios between them hold even on a shared, noisy machine.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -34,8 +36,12 @@ from rl.config import BenchConfig, TrainConfig, from_dict, load_preset
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="rl-bench", description="Measure env, learner, replay and end-to-end throughput.")
-    parser.add_argument("--preset", default="breakout", help="settings to measure (default: breakout)")
+    parser.add_argument("--preset", help="settings to measure (default: breakout)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="instead, measure the learner of the run "
+                        "that wrote FILE (a training checkpoint): ms per update (--updates of them) with its weights and "
+                        "optimizer state, on --fill-steps frames its agent plays, computing on subnormal floats and "
+                        "with them flushed to zero")
     add_distributed_flags(parser, "also measure Ape-X on Ray: env steps/s delivered to the replay by 1..N actors "
                                   "(--env-steps each) and the learner's updates/s on batches from it")
     add_config_flags(parser, BenchConfig, title="measurement sizes")
@@ -91,6 +97,71 @@ def learner_ceiling(cfg: TrainConfig, updates: int, obs_shape, num_actions, obs_
         return out
 
     return 1.0 / timed(one, updates), update_profile(one, agent.device, updates)
+
+
+def trained_learner(path: Path, updates: int, play_steps: int) -> dict:
+    """A long run's learner, from its checkpoint: ms per update with the run's weights and optimizer state, on
+    batches of the frames its agent plays (epsilon 0.05), computing on subnormal floats and with them flushed to
+    zero (rl.numerics). One torch thread, since the flags belong to threads. The two ways alternate twice, each
+    from the checkpoint's state; each reports its faster pass."""
+    import copy
+
+    import torch
+
+    from agents.build import make_agent, make_replay, replay_spec
+    from agents.policy import is_policy
+    from envs import make_env
+    from rl import checkpoint as ckpt
+    from rl import numerics
+    from rl.config import ConfigError
+
+    try:
+        payload = ckpt.load(path)
+    except ckpt.CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+    if is_policy(payload):
+        raise ConfigError(f"--checkpoint {str(path)!r} is a weights-only policy file (rl-export): it holds no "
+                          f"optimizer state; give a training checkpoint (RUN/checkpoints/latest.pt)")
+    cfg = from_dict(TrainConfig, payload["config"])
+    cfg = dataclasses.replace(cfg, buffer_size=max(cfg.batch_size * 4, play_steps), device="cpu")
+    torch.set_num_threads(1)
+    env = make_env(cfg)
+    agent = make_agent(cfg, env.obs_shape, env.num_actions, torch.device("cpu"))
+    agent.load_state_dict(copy.deepcopy(payload["agent"]))
+    replay = make_replay(cfg, replay_spec(cfg, env.obs_shape, env.obs_dtype, env.num_actions, env.frame_stack),
+                         seed=0)
+    obs = env.reset()
+    for _ in range(max(1, play_steps // cfg.num_envs)):
+        actions = agent.act(obs, 0.05)
+        env.send(actions)
+        out = env.recv()
+        replay.add_step(obs, actions, np.sign(out.reward) if cfg.reward_clip else out.reward, out)
+        obs = out.obs
+    env.close()
+    batches = [replay.sample(cfg.batch_size) for _ in range(updates + 1)]
+    moments = [t for state in payload["agent"]["optimizer"]["state"].values() for t in state.values()
+               if t.is_floating_point() and t.dim() > 0]
+    tiny = torch.finfo(torch.float32).tiny
+    subnormal = sum(int(((t != 0) & (t.abs() < tiny)).sum()) for t in moments) / max(1, sum(t.numel() for t in moments))
+
+    def pass_ms(flush: bool) -> float:
+        agent.load_state_dict(copy.deepcopy(payload["agent"]))
+        with numerics.subnormals_flushed() if flush else contextlib.nullcontext():
+            agent.update(batches[0])
+            start = time.perf_counter()
+            for batch in batches[1:]:
+                agent.update(batch)
+            return 1e3 * (time.perf_counter() - start) / updates
+
+    times = {"computed": [], "flushed": []}
+    for _ in range(2):
+        times["computed"].append(pass_ms(False))
+        times["flushed"].append(pass_ms(True))
+    computed, flushed = min(times["computed"]), min(times["flushed"])
+    return {"checkpoint": str(path), "step": ckpt.decode_meta(payload["meta"]).get("step"),
+            "env": cfg.env, "precision": agent.precision, "updates": updates, "frames_played": play_steps,
+            "subnormal_fraction_of_optimizer_state": subnormal, "ms_per_update_subnormals_computed": computed,
+            "ms_per_update_subnormals_flushed": flushed, "speedup": computed / flushed}
 
 
 def update_profile(one, device, updates: int) -> dict:
@@ -239,7 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sizes = from_dict(BenchConfig, overrides_from_args(args, BenchConfig))
     check_distributed_flags(args)
-    cfg = from_dict(TrainConfig, load_preset(args.preset))
+    if args.checkpoint is not None:
+        return checkpoint_main(args, sizes)
+    preset = args.preset or "breakout"
+    cfg = from_dict(TrainConfig, load_preset(preset))
     from agents.build import validated
     cfg = validated(from_dict(TrainConfig, overrides_from_args(args, TrainConfig), base=cfg))
     if args.actors:
@@ -257,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.close()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    print(f"rl-bench: {args.preset} on {device} ({torch.get_num_threads()} torch threads), {cfg.num_envs} envs, "
+    print(f"rl-bench: {preset} on {device} ({torch.get_num_threads()} torch threads), {cfg.num_envs} envs, "
           f"batch {cfg.batch_size}, train_frequency {cfg.train_frequency}, {precision}", file=sys.stderr)
 
     env_rate = env_ceiling(cfg, sizes.env_steps)
@@ -275,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-        "config": {"preset": args.preset, "num_envs": cfg.num_envs, "batch_size": cfg.batch_size,
+        "config": {"preset": preset, "num_envs": cfg.num_envs, "batch_size": cfg.batch_size,
                    "train_frequency": cfg.train_frequency, "precision": precision},
         "env_steps_per_s": env_rate,
         "learner_updates_per_s": update_rate,
@@ -320,6 +394,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:<16} {value:>{width}}  {note}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def checkpoint_main(args, sizes: BenchConfig) -> int:
+    """``rl-bench --checkpoint FILE``: :func:`trained_learner`, printed and written with --json."""
+    from rl.config import ConfigError
+
+    given = [f"--{key.replace('_', '-')}" for key in overrides_from_args(args, TrainConfig)]
+    given += [flag for flag, value in (("--actors", args.actors), ("--preset", args.preset)) if value is not None]
+    if given:
+        raise ConfigError(f"--checkpoint measures the run that wrote the file, with its own config: drop {given[0]}")
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"--checkpoint {str(args.checkpoint)!r} does not exist")
+    r = trained_learner(args.checkpoint, sizes.updates, sizes.fill_steps)
+    import torch
+    r["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "torch_threads": 1}
+    print(f"rl-bench: the learner of {r['checkpoint']} (step {r['step']:,}, {r['env']}, {r['precision']}, one torch "
+          f"thread), {r['updates']} updates on {r['frames_played']:,} frames it played", file=sys.stderr)
+    print(f"optimizer state subnormal  {r['subnormal_fraction_of_optimizer_state']:.1%}")
+    print(f"subnormals computed        {r['ms_per_update_subnormals_computed']:.2f} ms/update")
+    print(f"subnormals flushed         {r['ms_per_update_subnormals_flushed']:.2f} ms/update  "
+          f"({r['speedup']:.2f}x; what rl-train does)")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2))
     return 0
 
 

@@ -65,3 +65,36 @@ def test_augmentation_is_timed_only_where_there_are_images_to_shift():
     cfg = from_dict(TrainConfig, load_preset("breakout-100k"))
     assert cfg.augmentation and benchmark.augmentation_ms(cfg, (4, 84, 84), np.uint8) > 0
     assert benchmark.augmentation_ms(from_dict(TrainConfig, load_preset("breakout")), (4, 84, 84), np.uint8) is None
+
+
+def test_benchmark_of_a_checkpoint_measures_its_learner_both_ways(tmp_path, capsys):
+    from rl import checkpoint as ckpt
+    from scripts import export, train
+    run_dir = tmp_path / "cp"
+    assert run_cli(train.main, ["--preset", "cartpole", "--total-steps", "600", "--learning-starts", "200",
+                                "--eval-every", "0", "--target-return", "0", "--no-save-replay", "--no-progress",
+                                "--run-dir", str(run_dir)]) == 0
+    latest = run_dir / "checkpoints" / "latest.pt"
+    payload = ckpt.load(latest)        # a quarter of one moment tensor made subnormal, as a long run's get
+    moments = [t for state in payload["agent"]["optimizer"]["state"].values() for t in state.values()
+               if t.is_floating_point() and t.dim() > 0]
+    first = moments[0].view(-1)
+    first[: first.numel() // 4] = 1e-39
+    ckpt.save(tmp_path / "aged.pt", payload)
+    out = tmp_path / "bench.json"
+    assert run_cli(benchmark.main, ["--checkpoint", str(tmp_path / "aged.pt"), "--updates", "3", "--fill-steps", "200",
+                                    "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    total = sum(t.numel() for t in moments)
+    assert r["subnormal_fraction_of_optimizer_state"] == pytest.approx((first.numel() // 4) / total)
+    assert r["step"] == 600 and r["env"] == "cartpole" and r["updates"] == 3
+    assert r["speedup"] == pytest.approx(r["ms_per_update_subnormals_computed"] / r["ms_per_update_subnormals_flushed"])
+    printed = capsys.readouterr().out
+    assert f"{r['ms_per_update_subnormals_flushed']:.2f} ms/update" in printed
+    # the run's own config is measured, so config flags are refused; a policy file has no optimizer state
+    assert run_cli(export.main, [str(latest), str(tmp_path / "policy.pt")]) == 0
+    for argv, text in ((["--preset", "cartpole"], "drop --preset"), (["--batch-size", "64"], "drop --batch-size")):
+        assert run_cli(benchmark.main, ["--checkpoint", str(latest), *argv]) == 2
+        assert text in capsys.readouterr().err
+    assert run_cli(benchmark.main, ["--checkpoint", str(tmp_path / "policy.pt")]) == 2
+    assert "holds no optimizer state" in capsys.readouterr().err
