@@ -31,7 +31,7 @@ from rl.cli import (
     overrides_from_args,
     run_cli,
 )
-from rl.config import BenchConfig, TrainConfig, from_dict, load_preset
+from rl.config import BenchConfig, ConfigError, TrainConfig, from_dict, load_preset
 
 
 def build_parser() -> ArgumentParser:
@@ -113,7 +113,6 @@ def trained_learner(path: Path, updates: int, play_steps: int) -> dict:
     from envs import make_env
     from rl import checkpoint as ckpt
     from rl import numerics
-    from rl.config import ConfigError
 
     try:
         payload = ckpt.load(path)
@@ -399,8 +398,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def checkpoint_main(args, sizes: BenchConfig) -> int:
     """``rl-bench --checkpoint FILE``: :func:`trained_learner`, printed and written with --json."""
-    from rl.config import ConfigError
-
     given = [f"--{key.replace('_', '-')}" for key in overrides_from_args(args, TrainConfig)]
     given += [flag for flag, value in (("--actors", args.actors), ("--preset", args.preset)) if value is not None]
     if given:
