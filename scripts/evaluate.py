@@ -20,8 +20,6 @@ from rl import stats
 from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli
 from rl.config import ConfigError, EvaluateConfig, check_evaluate, from_dict
 
-BOOTSTRAP_SEED = 0           # fixed, so the same scores always print the same CI (as rl-sweep)
-
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="rl-evaluate", description="Evaluate a checkpoint or policy file on full games with "
@@ -102,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = output["summary"]
         print(f"over {len(runs)} checkpoints: {stats.summary_line(summary, summary['worst_checkpoint'])}")
         print(f"  each checkpoint's mean over its {settings.episodes} games; "
-              f"{stats.method(stats.BOOTSTRAP_REPS, BOOTSTRAP_SEED)}")
+              f"{stats.method()}")
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -132,10 +130,10 @@ def check_several(paths: list[Path], *, filming: bool) -> None:
 
 def summarize(runs: list[dict]) -> dict:
     """Each file's mean over its games, summarised over files: what --json writes."""
-    summary = stats.summarize([r["mean"] for r in runs], seed=BOOTSTRAP_SEED)
+    summary = stats.summarize([r["mean"] for r in runs])
     summary["worst_checkpoint"] = runs[summary.pop("worst_index")]["checkpoint"]
     return {"runs": runs, "summary": summary,
-            "statistics": stats.description(stats.BOOTSTRAP_REPS, BOOTSTRAP_SEED)
+            "statistics": stats.description()
             | {"score": "each checkpoint's mean over its games"}}
 
 

@@ -45,7 +45,6 @@ from rl.config import (
 
 STOP_GRACE_SECONDS = 60      # after Ctrl-C, how long stopped runs get to write their checkpoints
 CHECKPOINTS = ("latest", "best")     # what each run is scored by (the last network, the best one), in table order
-BOOTSTRAP_SEED = 0           # fixed, so the same scores always print the same CI
 
 
 def build_parser() -> ArgumentParser:
@@ -176,7 +175,7 @@ def summary_rows(runs: list[dict[str, Any]], results: dict[str, dict[str, Any]],
     for row in rows.values():
         for which in CHECKPOINTS:
             scored = [r for r in row["runs"] if r[which] is not None]
-            summary = stats.summarize([r[which] for r in scored], reps=reps, seed=BOOTSTRAP_SEED) if scored else None
+            summary = stats.summarize([r[which] for r in scored], reps=reps) if scored else None
             if summary is not None:
                 summary["worst_seed"] = scored[summary.pop("worst_index")]["seed"]
             row[which] = summary
@@ -222,7 +221,7 @@ def protocol_lines(runs: list[dict[str, Any]], reps: int) -> list[str]:
         command = "rl-evaluate FILE --episodes <eval_episodes>"
     return [f"scores: each run's checkpoints/latest.pt (the last network) and best.pt (its best periodic evaluation; "
             f"none with eval_every = 0), {games}, seed {EVALUATE_SEED}: what `{command}` prints",
-            f"over seeds: {stats.method(reps, BOOTSTRAP_SEED)}; worst = the lowest seed's score"]
+            f"over seeds: {stats.method(reps)}; worst = the lowest seed's score"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "protocol": {"eval_episodes": cfg0.eval_episodes, "eval_epsilon": cfg0.eval_epsilon,
                             "eval_seed": EVALUATE_SEED, "checkpoints": list(CHECKPOINTS),
                             "base": dataclasses.asdict(cfg0) | {"seed": None}},
-               "statistics": stats.description(settings.bootstrap_reps, BOOTSTRAP_SEED),
+               "statistics": stats.description(settings.bootstrap_reps),
                "rows": rows}
     try:
         (root / "summary.json").write_text(json.dumps(summary, indent=1))
