@@ -70,15 +70,15 @@ def summarize(scores: Sequence[float], *, reps: int = BOOTSTRAP_REPS, seed: int 
 
 def method(reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> str:
     """How :func:`summarize`'s figures were computed, to print beside them."""
-    return (f"IQM = 25% trimmed mean (rliable) with a 95% stratified bootstrap CI ({reps:,} resamples, seed {seed}); "
-            f"std = sample std (ddof 1)")
+    return (f"IQM = 25% trimmed mean (rliable) with a {CONFIDENCE:.0%} stratified bootstrap CI ({reps:,} resamples, "
+            f"seed {seed}); std = sample std (ddof 1)")
 
 
 def summary_line(s: dict[str, Any], worst: str) -> str:
     """:func:`summarize`'s dict in one line; ``worst`` names the run that scored lowest."""
     std = f" ± {s['std']:.2f}" if s["std"] is not None else ""
-    return (f"IQM {s['iqm']:.2f} [95% CI {s['ci_low']:.2f}, {s['ci_high']:.2f}], mean {s['mean']:.2f}{std}, "
-            f"worst {s['worst']:.2f} ({worst})")
+    return (f"IQM {s['iqm']:.2f} [{CONFIDENCE:.0%} CI {s['ci_low']:.2f}, {s['ci_high']:.2f}], "
+            f"mean {s['mean']:.2f}{std}, worst {s['worst']:.2f} ({worst})")
 
 
 def description(reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:

@@ -99,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = summarize(runs)
         summary = output["summary"]
         print(f"over {len(runs)} checkpoints: {stats.summary_line(summary, summary['worst_checkpoint'])}")
-        print(f"  each checkpoint's mean over its {settings.episodes} games; "
-              f"{stats.method()}")
+        print(f"  each checkpoint's mean over its {settings.episodes} games; {stats.method()}")
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +132,7 @@ def summarize(runs: list[dict]) -> dict:
     summary = stats.summarize([r["mean"] for r in runs])
     summary["worst_checkpoint"] = runs[summary.pop("worst_index")]["checkpoint"]
     return {"runs": runs, "summary": summary,
-            "statistics": stats.description()
-            | {"score": "each checkpoint's mean over its games"}}
+            "statistics": stats.description() | {"score": "each checkpoint's mean over its games"}}
 
 
 def entry() -> None:
