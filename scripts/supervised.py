@@ -37,6 +37,7 @@ from agents.supervised import (
 )
 from envs import make_env
 from rl import checkpoint as ckpt
+from rl import numerics
 from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli
 from rl.config import ConfigError, RecordConfig, TrainConfig, dumps_toml, from_dict, load_toml
 from rl.data import BUILTINS, DataError, features, load_dataset, split
@@ -317,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command is None:
         raise ConfigError(f"choose a command: {', '.join(COMMANDS)} (or --list); see {PROG} --help")
-    return COMMANDS[args.command](args)
+    # subnormals flushed from before torch starts its worker threads, as rl-train does (rl.numerics)
+    with numerics.subnormals_flushed():
+        return COMMANDS[args.command](args)
 
 
 def entry() -> None:

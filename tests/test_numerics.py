@@ -70,3 +70,14 @@ def test_training_flushes_while_it_trains_and_only_then(tmp_path, monkeypatch):
     rl_dqn.train(preset="cartpole", run_dir=tmp_path / "run", total_steps=600, learning_starts=200, eval_every=0,
                  target_return=0.0)
     assert seen == [True] and not numerics.flushing()
+
+
+def test_rl_supervised_trains_with_the_flush_and_puts_it_back(tmp_path, monkeypatch):
+    from agents.supervised import SupervisedTrainer
+    from scripts.supervised import main
+    seen = []
+    fit = SupervisedTrainer.fit
+    monkeypatch.setattr(SupervisedTrainer, "fit",
+                        lambda self, *a, **kw: seen.append(numerics.flushing()) or fit(self, *a, **kw))
+    assert main(["classify", "--data", "spirals", "--epochs", "1", "--run-dir", str(tmp_path / "run")]) == 0
+    assert seen == [True] and not numerics.flushing()
