@@ -8,6 +8,7 @@ progress bar, a stop request and run.json's status, and hands it a :class:`Loop`
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -35,6 +36,7 @@ from rl.replay import ReplayBuffer
 EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
 HEARTBEAT_SECONDS = 30.0           # how often a running run brings run.json up to date (rl-runs reads it)
 TENSORBOARD_VIDEO_SECONDS = 20     # TensorBoard gets the start of the filmed game; RUN_DIR/videos all of it
+RECENT_GAMES = 100                 # run.json's training return: the mean over this many latest games
 
 
 class TrainingDiverged(RuntimeError):
@@ -154,6 +156,7 @@ class Run:
         self.checkpoints = ckpt.CheckpointDir(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.step = 0                 # agent steps taken (by every env, or every actor, together)
         self.episodes = 0             # full games finished
+        self.recent_returns: collections.deque[float] = collections.deque(maxlen=RECENT_GAMES)  # raw, newest last
         self.wall_time = 0.0          # seconds of training, summed over resumed sessions
         self.refill_until = 0         # after a resume without replay: no updates before this step
         self.skipped_updates = 0      # updates owed while there was nothing to learn from
@@ -170,6 +173,9 @@ class Run:
                 **process_identity()}               # lets rl-runs tell a dead "running" run from a live one
         if status == "running" and self.sps is not None:
             info["sps"] = round(self.sps, 1)
+        if self.recent_returns:     # the training games' own score, as SB3 logs ep_rew_mean
+            info["train_return"] = round(float(np.mean(self.recent_returns)), 2)
+            info["train_games"] = len(self.recent_returns)
         try:
             ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
         except OSError as exc:
@@ -187,7 +193,8 @@ class Run:
     # --- checkpoints ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         meta = {"step": self.step, "episodes": self.episodes, "wall_time": self.wall_time, "preset": self.preset,
-                "refill_until": self.refill_until, "skipped_updates": self.skipped_updates, **self.owner_meta()}
+                "refill_until": self.refill_until, "skipped_updates": self.skipped_updates,
+                "recent_returns": list(self.recent_returns), **self.owner_meta()}
         return {"config": dataclasses.asdict(self.cfg), "agent": self.agent.state_dict(),
                 "torch_rng": torch.get_rng_state(), "meta": ckpt.encode_meta(meta)}
 
@@ -224,6 +231,7 @@ class Run:
         self.agent.load_state_dict(payload["agent"])
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
+        self.recent_returns.extend(meta.get("recent_returns", []))     # checkpoints before December 2026 have none
         self.saved_step = self.step
         self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
         self.refill_until, self.skipped_updates = meta.get("refill_until", 0), meta.get("skipped_updates", 0)
@@ -381,6 +389,7 @@ class Loop:
         run.step += steps
         for ret, length in games:
             run.episodes += 1
+            run.recent_returns.append(ret)
             values = {"charts/episodic_return": ret, "charts/episodic_length": length}
             if actor is not None:
                 values[f"distributed/actor_{actor}/episodic_return"] = ret

@@ -6,7 +6,8 @@
     rl-runs --plot curves.png runs/sweep runs/baseline-s1
 
 A run is a directory holding a ``config.toml`` written by rl-train. Scores come from its
-``evaluations.jsonl`` (periodic evaluation, ``eval_every``), progress and status from ``run.json``.
+``evaluations.jsonl`` (periodic evaluation, ``eval_every``); progress, status and the training return (the mean
+raw score of its latest 100 training games, exploration included) from ``run.json``.
 A running run brings its ``run.json`` up to date every 30 s or so, with its speed, from which the table gives
 the time it has left. A run whose ``run.json`` still says running but whose process is gone shows as
 ``interrupted`` (``running?`` when it ran on another host, where that cannot be checked), with the steps of its
@@ -23,7 +24,7 @@ from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError, load_toml
 from rl.logging import process_alive, read_evaluations
 
-COLUMNS = ("run", "preset", "env", "steps", "last eval", "best eval", "best hns", "wall time", "steps/s", "left",
+COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time", "steps/s", "left",
            "status")
 
 
@@ -116,6 +117,7 @@ def summarize(run_dir: Path, root: Path) -> dict[str, str]:
         "preset": info.get("preset") or "-",
         "env": info.get("env") or "?",
         "steps": f"{count(step)}/{count(info.get('total_steps'))}",
+        "train return": f"{info['train_return']:.1f}" if "train_return" in info else "-",
         "last eval": f"{last['mean']:.1f}" if last else "-",
         "best eval": f"{best['mean']:.1f} @{count(best['step'])}" if best else "-",
         "best hns": f"{best['human_normalized']:.2f}" if best and "human_normalized" in best else "-",

@@ -126,3 +126,28 @@ def test_run_owners_show_the_runs_counters(tmp_path):
     owner.run = new_run(tmp_path)
     owner.run.refill("why")
     assert owner.step == 0 and owner.checkpoints is owner.run.checkpoints and owner.resume_note.startswith("why")
+
+
+def test_the_training_return_is_the_mean_of_the_latest_games_and_a_resume_keeps_them(tmp_path):
+    """run.json's train_return (rl-runs' column) averages the latest RECENT_GAMES training games' raw scores, and
+    the checkpoint carries them, so a resumed run reports the same window rather than starting it afresh."""
+    from agents.run import RECENT_GAMES
+
+    run = new_run(tmp_path, eval_every=0, target_return=0.0)
+
+    def games(scores):
+        def body(loop):
+            for score in scores:
+                loop.record(2, [(float(score), 2)])
+            return "stopped"
+        return body
+
+    run.train(games(range(150)), stop_at=None, example_obs=np.zeros((1, 4), np.float32))
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert (info["train_return"], info["train_games"]) == (np.mean(range(150 - RECENT_GAMES, 150)), RECENT_GAMES)
+    again = Run(run.cfg, tmp_path, make_agent(run.cfg, (4,), 2), preset=None, show_progress=False, meta=dict)
+    again.load("cpu")
+    again.train(games([1000.0]), stop_at=None, example_obs=np.zeros((1, 4), np.float32))
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["train_return"] == np.mean([*range(150 - RECENT_GAMES + 1, 150), 1000.0])
+    assert info["train_games"] == RECENT_GAMES

@@ -57,15 +57,17 @@ def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
     times = [r["wall_time"] for r in evals]                               # rl-runs --plot's time axis
     assert [r["step"] for r in evals] == [400, 800] and 0 <= times[0] <= times[1]
     assert times[1] <= json.loads((root / "done" / "run.json").read_text())["wall_time"]
+    trained = json.loads((root / "done" / "run.json").read_text())
+    assert 0 < trained["train_games"] <= 100
     assert rows["done"] == {"run": "done", "preset": "cartpole", "env": "cartpole", "steps": "800/800",
-                            "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
+                            "train return": f"{trained['train_return']:.1f}", "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
                             "best hns": "-", "wall time": rows["done"]["wall time"], "steps/s": "-", "left": "-",
                             "status": "finished"}
     assert rows["done"]["wall time"].endswith("s")
     assert rows["sweep/paused"]["status"] == "stopped" and rows["sweep/paused"]["steps"] == "400/800"
     assert rows["broken"]["status"] == "failed"
     assert rows["elsewhere"]["status"] == "running?"                      # cannot check another host's pid
-    assert rows["fresh"]["status"] == "new" and rows["fresh"]["last eval"] == "-"
+    assert rows["fresh"]["status"] == "new" and rows["fresh"]["last eval"] == rows["fresh"]["train return"] == "-"
     assert rows["fresh"]["steps"] == "0/800"
 
     # a resumed run keeps its preset: --resume names none
