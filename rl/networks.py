@@ -194,13 +194,22 @@ class QNetwork(nn.Module):
         self.value = stream(atoms) if dueling else None
         self.register_buffer("support", torch.linspace(v_min, v_max, atoms) if atoms > 1 else torch.zeros(1))
 
+    @staticmethod
+    def _stream(stream: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        """A stream whose output layer computes in float32 even under bf16 autocast. Q-values of different
+        actions often lie closer together than bf16 resolves at their size (its step is 0.03 between 4 and 8):
+        rounded there, they tie, and argmax picks the lowest-numbered of the tied actions."""
+        hidden = stream[:-1](h)
+        with torch.autocast(h.device.type, enabled=False):
+            return stream[-1](hidden.float())
+
     def _head(self, obs: torch.Tensor) -> torch.Tensor:
-        """Per-action outputs [B, A, K] (K = 1 for plain Q-values)."""
+        """Per-action outputs float32[B, A, K] (K = 1 for plain Q-values)."""
         h = self.encoder(obs)
-        adv = self.advantage(h).view(-1, self.num_actions, self.atoms)
+        adv = self._stream(self.advantage, h).view(-1, self.num_actions, self.atoms)
         if self.value is None:
             return adv
-        value = self.value(h).view(-1, 1, self.atoms)
+        value = self._stream(self.value, h).view(-1, 1, self.atoms)
         return value + adv - adv.mean(1, keepdim=True)
 
     def dist(self, obs: torch.Tensor) -> torch.Tensor:

@@ -84,3 +84,24 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
                     matches.append((dy, dx))
         assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
 
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_q_values_keep_gaps_finer_than_bf16_under_autocast(dueling):
+    """bf16 steps by 0.03 between 4 and 8, where a Breakout agent's Q-values lie, and actions there are often
+    less than that apart. The output layer computes in float32, so such gaps survive bf16 autocast and argmax
+    does not see a tie it breaks toward action 0."""
+    net = make_q_network("nature_cnn", (4, 84, 84), 4, dueling=dueling)
+    q_wanted = torch.tensor([6.000, 6.004, 6.012, 6.008])
+    with torch.no_grad():
+        net.advantage[-1].weight.zero_()
+        net.advantage[-1].bias.copy_(q_wanted)
+        if dueling:                                    # Q = V + A - mean(A): V = mean(q_wanted) gives q_wanted back
+            net.value[-1].weight.zero_()
+            net.value[-1].bias.fill_(q_wanted.mean().item())
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = net(obs)
+    assert q.dtype == torch.float32
+    torch.testing.assert_close(q, q_wanted.expand(2, 4), atol=1e-6, rtol=0)
+    assert q.argmax(1).tolist() == [2, 2]
