@@ -231,7 +231,7 @@ class Run:
         self.agent.load_state_dict(payload["agent"])
         torch.set_rng_state(payload["torch_rng"])
         self.step, self.episodes, self.wall_time = meta["step"], meta["episodes"], meta["wall_time"]
-        self.recent_returns.extend(meta.get("recent_returns", []))     # checkpoints before December 2026 have none
+        self.recent_returns.extend(meta.get("recent_returns", []))     # older checkpoints have none
         self.saved_step = self.step
         self.preset = self.preset or meta.get("preset")     # --resume names no preset: keep the run's own
         self.refill_until, self.skipped_updates = meta.get("refill_until", 0), meta.get("skipped_updates", 0)

@@ -24,8 +24,8 @@ from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError, load_toml
 from rl.logging import process_alive, read_evaluations
 
-COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time", "steps/s", "left",
-           "status")
+COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time",
+           "steps/s", "left", "status")
 
 
 def build_parser() -> ArgumentParser:

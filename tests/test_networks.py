@@ -85,7 +85,6 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
         assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
 
 
-
 @pytest.mark.parametrize("dueling", [False, True])
 def test_q_values_keep_gaps_finer_than_bf16_under_autocast(dueling):
     """bf16 steps by 0.03 between 4 and 8, where a Breakout agent's Q-values lie, and actions there are often
