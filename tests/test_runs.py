@@ -60,7 +60,8 @@ def test_lists_finished_stopped_failed_and_unknown_runs(tmp_path, capsys):
     trained = json.loads((root / "done" / "run.json").read_text())
     assert 0 < trained["train_games"] <= 100
     assert rows["done"] == {"run": "done", "preset": "cartpole", "env": "cartpole", "steps": "800/800",
-                            "train return": f"{trained['train_return']:.1f}", "last eval": f"{evals[-1]['mean']:.1f}", "best eval": f"{best['mean']:.1f} @{best['step']}",
+                            "train return": f"{trained['train_return']:.1f}", "last eval": f"{evals[-1]['mean']:.1f}",
+                            "best eval": f"{best['mean']:.1f} @{best['step']}",
                             "best hns": "-", "wall time": rows["done"]["wall time"], "steps/s": "-", "left": "-",
                             "status": "finished"}
     assert rows["done"]["wall time"].endswith("s")
