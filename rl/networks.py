@@ -199,9 +199,11 @@ class QNetwork(nn.Module):
         """A stream whose output layer computes in float32 even under bf16 autocast. Q-values of different
         actions often lie closer together than bf16 resolves at their size (its step is 0.03 between 4 and 8):
         rounded there, they tie, and argmax picks the lowest-numbered of the tied actions."""
-        hidden = stream[:-1](h)
+        *hidden_layers, output_layer = stream
+        for layer in hidden_layers:
+            h = layer(h)
         with torch.autocast(h.device.type, enabled=False):
-            return stream[-1](hidden.float())
+            return output_layer(h.float())
 
     def _head(self, obs: torch.Tensor) -> torch.Tensor:
         """Per-action outputs float32[B, A, K] (K = 1 for plain Q-values)."""
