@@ -30,13 +30,12 @@ from envs import is_atari
 from rl import checkpoint as ckpt
 from rl import numerics
 from rl.config import ConfigError, TrainConfig, base_config, dumps_toml, from_dict, load_toml, resumable_keys
-from rl.logging import Logger, Progress, RateMeter, process_identity, read_evaluations
+from rl.logging import RECENT_GAMES, Logger, Progress, RateMeter, process_identity, read_evaluations
 from rl.replay import ReplayBuffer
 
 EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
 HEARTBEAT_SECONDS = 30.0           # how often a running run brings run.json up to date (rl-runs reads it)
 TENSORBOARD_VIDEO_SECONDS = 20     # TensorBoard gets the start of the filmed game; RUN_DIR/videos all of it
-RECENT_GAMES = 100                 # run.json's training return: the mean over this many latest games
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,5 +1,6 @@
-"""Learning curves from run directories: each run's periodic evaluations, runs of one setting gathered
-across seeds, and a two-panel figure of evaluation return against agent steps and against wall time.
+"""Learning curves from run directories: each run's periodic evaluations and its training return at each of
+them, runs of one setting gathered across seeds, and a two-panel figure of both against agent steps and
+against wall time.
 
 A *setting* is a run's whole config except its seed and the keys that cannot change what is learned
 (:data:`BOOKKEEPING`), so ``rl-sweep --seeds 0..4`` gives one group per grid point. matplotlib is an
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rl.config import TrainConfig, format_value, load_toml
-from rl.logging import read_evaluations
+from rl.logging import RECENT_GAMES, read_evaluations, read_training_returns
 
 # Keys that say where or how often a run wrote things, or which hardware it used, not what it learned;
 # together with the seed they are left out when runs are gathered into settings.
@@ -37,6 +38,9 @@ class RunCurve:
     mean: np.ndarray            # mean return over the evaluation's games
     std: np.ndarray             # standard deviation over those games
     hours: np.ndarray           # training wall time at each evaluation; NaN where the file predates the record
+    train_return: np.ndarray    # mean raw score of the RECENT_GAMES training games ended by each evaluation; NaN: none
+    train_sd: np.ndarray        # their sample standard deviation (ddof 1)
+    train_games: np.ndarray     # how many games that is (fewer than RECENT_GAMES early on)
 
     @property
     def untimed(self) -> int:
@@ -56,6 +60,7 @@ class GroupCurve:
     low: np.ndarray
     high: np.ndarray
     hours: np.ndarray           # mean over runs of their wall times at these steps (NaN where any lacks one)
+    train_return: np.ndarray    # mean over runs of their training returns at these steps (NaN where any lacks one)
 
     @property
     def spread(self) -> str:
@@ -86,8 +91,20 @@ def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
+def training_return_at(game_steps: np.ndarray, returns: np.ndarray, steps: np.ndarray,
+                       window: int = RECENT_GAMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``steps``: the mean and sample sd (ddof 1) of the last ``window`` of ``returns`` whose games
+    ended at or before it (``game_steps`` in order), and how many games that is; NaN where too few."""
+    ended = np.searchsorted(game_steps, steps, side="right")          # games ended by each step
+    windows = [returns[max(0, n - window):n] for n in ended]
+    mean = np.array([w.mean() if w.size else np.nan for w in windows])
+    sd = np.array([w.std(ddof=1) if w.size > 1 else np.nan for w in windows])
+    return mean, sd, np.array([w.size for w in windows], np.int64)
+
+
 def read_curve(run_dir: Path) -> RunCurve:
-    """The evaluations of the run in ``run_dir`` (empty arrays when it has none yet)."""
+    """The evaluations of the run in ``run_dir`` (empty arrays when it has none yet), each with the run's
+    training return by then, from its TensorBoard files."""
     config = _normalized(load_toml(run_dir / "config.toml"))
     try:
         preset = json.loads((run_dir / "run.json").read_text()).get("preset")
@@ -98,8 +115,11 @@ def read_curve(run_dir: Path) -> RunCurve:
     def column(key: str, missing: float = math.nan) -> np.ndarray:
         return np.array([float(r.get(key, missing)) for r in evals])
 
-    return RunCurve(path=run_dir, preset=preset, config=config, step=column("step"), mean=column("mean"),
-                    std=column("std", 0.0), hours=column("wall_time") / 3600)
+    step = column("step")
+    train_return, train_sd, train_games = training_return_at(*read_training_returns(run_dir), step)
+    return RunCurve(path=run_dir, preset=preset, config=config, step=step, mean=column("mean"),
+                    std=column("std", 0.0), hours=column("wall_time") / 3600, train_return=train_return,
+                    train_sd=train_sd, train_games=train_games)
 
 
 def setting_key(config: Mapping[str, Any]) -> str:
@@ -143,8 +163,9 @@ def group_runs(curves: Sequence[RunCurve]) -> list[GroupCurve]:
         else:
             low, high = means.min(axis=0), means.max(axis=0)
         hours = np.stack([r.hours[i] for r, i in zip(runs, index)]).mean(axis=0)
+        train_return = np.stack([r.train_return[i] for r, i in zip(runs, index)]).mean(axis=0)
         result.append(GroupCurve(label=label, runs=tuple(runs), step=shared, mean=mean, low=low, high=high,
-                                 hours=hours))
+                                 hours=hours, train_return=train_return))
     return result
 
 
@@ -158,7 +179,8 @@ def image_formats() -> set[str]:
 
 def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     """Two panels, evaluation return against agent steps and against training wall time (hours), one
-    colour per group, written atomically to ``path`` in the format its suffix names. The Agg canvas is
+    colour per group, with the group's training return dashed in the same colour where its runs logged one
+    (it tells a weak snapshot from a policy that stopped learning), written atomically to ``path`` in the format its suffix names. The Agg canvas is
     used directly: no pyplot, no display, no global backend switch in the caller's process."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -175,18 +197,22 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
         colour = colours(i % colours.N)
         by_step.plot(group.step, group.mean, color=colour, marker="o", markersize=3, label=group.legend)
         by_step.fill_between(group.step, group.low, group.high, color=colour, alpha=0.2, linewidth=0)
+        by_step.plot(group.step, group.train_return, color=colour, linestyle="--", linewidth=1)
         timed = ~np.isnan(group.hours)
         if timed.any():
             by_time.plot(group.hours[timed], group.mean[timed], color=colour, marker="o", markersize=3)
             by_time.fill_between(group.hours[timed], group.low[timed], group.high[timed], color=colour, alpha=0.2,
                                  linewidth=0)
+            by_time.plot(group.hours[timed], group.train_return[timed], color=colour, linestyle="--", linewidth=1)
     by_step.set_xlabel("agent steps")
     by_step.xaxis.set_major_formatter(EngFormatter())
-    by_step.set_ylabel("evaluation return (mean over games)")
+    by_step.set_ylabel("return (raw game score)")
     by_time.set_xlabel("training wall time (hours; mean over seeds)")
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
-    fig.suptitle("line: mean over seeds; band: min-max over seeds, or sd over games for a single run")
+    fig.suptitle(f"evaluation: mean over seeds, band min-max over seeds (sd over games for a single run); dashed: "
+                 f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds",
+                 fontsize="medium")
     fmt = path.suffix.lstrip(".").lower()
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))

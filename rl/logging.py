@@ -1,11 +1,12 @@
 """TensorBoard scalars under stable, namespaced names, a terminal progress bar, and the identity of
-the training process (so a run whose process died can be told from a running one), and the run's
-evaluation record (``evaluations.jsonl``)."""
+the training process (so a run whose process died can be told from a running one), and the run's records
+read back: its evaluations (``evaluations.jsonl``) and its training games (TensorBoard)."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import logging
 import os
 import socket
 import time
@@ -14,7 +15,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from tqdm import tqdm
+
+RECENT_GAMES = 100      # the training return: the mean raw score of this many latest training games
 
 
 class Logger:
@@ -151,3 +155,26 @@ def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
         except (ValueError, KeyError, TypeError):
             continue
     return [by_step[s] for s in sorted(by_step)]
+
+
+def read_training_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every training game's raw score (``charts/episodic_return``) and the agent step it ended at, in the
+    order played: (int64[G], float64[G]), empty where the run has no TensorBoard files yet. A resumed session
+    starts its file by purging what the session before wrote after the checkpoint it resumes from
+    (:class:`Logger`'s ``purge_step``), and TensorBoard's reader applies that, so each game counts once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not any(Path(run_dir).glob("events.out.tfevents.*")):
+        return np.zeros(0, np.int64), np.zeros(0)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})     # 0: keep every event, no sampling
+    tensorboard_log = logging.getLogger("tensorboard")
+    level = tensorboard_log.level
+    tensorboard_log.setLevel(logging.ERROR)         # each purge is logged as a warning; here it is expected
+    try:
+        events.Reload()
+    finally:
+        tensorboard_log.setLevel(level)
+    if "charts/episodic_return" not in events.Tags()["scalars"]:
+        return np.zeros(0, np.int64), np.zeros(0)
+    games = events.Scalars("charts/episodic_return")
+    return np.array([g.step for g in games], np.int64), np.array([g.value for g in games], np.float64)

@@ -1,8 +1,10 @@
-"""rl-runs: one table of the runs under a directory: progress, evaluation scores and status; or, with
---plot, their learning curves in one picture.
+"""rl-runs: one table of the runs under a directory: progress, evaluation scores and status; with --evals,
+each run's evaluations one by one beside its training return; with --plot, their learning curves in one
+picture.
 
     rl-runs                 # every run under runs/
     rl-runs runs/sweep
+    rl-runs --evals runs/baseline-s1
     rl-runs --plot curves.png runs/sweep runs/baseline-s1
 
 A run is a directory holding a ``config.toml`` written by rl-train. Scores come from its
@@ -11,18 +13,21 @@ raw score of its latest 100 training games, exploration included) from ``run.jso
 A running run brings its ``run.json`` up to date every 30 s or so, with its speed, from which the table gives
 the time it has left. A run whose ``run.json`` still says running but whose process is gone shows as
 ``interrupted`` (``running?`` when it ran on another host, where that cannot be checked), with the steps of its
-last checkpoint, where ``rl-train --resume`` continues.
+last checkpoint, where ``rl-train --resume`` continues. ``--evals`` and ``--plot`` take the training return at
+each evaluation from the run's TensorBoard files (``charts/episodic_return``, every training game), so it is
+there for runs of any age.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError, load_toml
-from rl.logging import process_alive, read_evaluations
+from rl.logging import RECENT_GAMES, process_alive, read_evaluations
 
 COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time",
            "steps/s", "left", "status")
@@ -33,9 +38,14 @@ def build_parser() -> ArgumentParser:
                             "or draw their learning curves (--plot).")
     parser.add_argument("paths", nargs="*", type=Path, default=[Path("runs")], metavar="RUN_OR_DIR",
                         help="run directories, or directories searched recursively for them (default: runs)")
-    parser.add_argument("--plot", type=Path, metavar="IMAGE", help="instead of the table, draw the evaluation curves "
-                        "into IMAGE (.png, .pdf, .svg): return against agent steps and against wall time, the seeds of "
-                        "one setting as their mean with a min-max band; needs the plot extra")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--evals", action="store_true", help="instead of the table, list each run's evaluations: step, "
+                      "wall time, score over the evaluation's games, and the training return (the mean raw score of "
+                      f"the last {RECENT_GAMES} training games, exploring) at that step")
+    what.add_argument("--plot", type=Path, metavar="IMAGE", help="instead of the table, draw the evaluation curves "
+                      "into IMAGE (.png, .pdf, .svg): return against agent steps and against wall time, the seeds of "
+                      "one setting as their mean with a min-max band, the training return dashed; needs the plot "
+                      "extra")
     return parser
 
 
@@ -128,11 +138,48 @@ def summarize(run_dir: Path, root: Path) -> dict[str, str]:
     }
 
 
-def table(rows: list[dict[str, str]]) -> str:
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip()]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
-    return "\n".join(lines)
+def table(rows: list[dict[str, str]], columns: Sequence[str] = COLUMNS, right: Sequence[str] = ()) -> str:
+    """Rows under their column names, each column as wide as its widest cell; the ``right`` ones right-aligned."""
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+
+    def line(cells: dict[str, str]) -> str:
+        return "  ".join(cells[c].rjust(widths[c]) if c in right else cells[c].ljust(widths[c])
+                         for c in columns).rstrip()
+
+    return "\n".join([line({c: c for c in columns})] + [line(r) for r in rows])
+
+
+EVAL_COLUMNS = ("step", "wall time (s)", "eval games", "epsilon", "eval mean", "eval sd", "eval median", "train mean",
+                "train sd", "train games")
+
+
+def evaluations(run_dir: Path) -> str:
+    """--evals for one run: a line naming it, then a row per evaluation (``*`` marks those that became best.pt)."""
+    from rl import curves
+
+    curve = curves.read_curve(run_dir)
+    records = read_evaluations(run_dir)
+    seed = curve.config.get("seed")
+    head = f"{run_dir} ({curve.preset or curve.config['env']}, seed {seed}): {plural(len(records), 'evaluation')}"
+    if not records:
+        return head + " yet"
+    rows = []
+    for i, record in enumerate(records):
+        trained, spread = curve.train_return[i], curve.train_sd[i]
+        rows.append({
+            "step": f"{int(record['step']):,}" + ("*" if record.get("best") else " "),
+            "wall time (s)": f"{record['wall_time']:,.0f}" if "wall_time" in record else "-",
+            "eval games": str(record.get("episodes", "?")),
+            "epsilon": format(record.get("protocol", {}).get("epsilon", "?")),
+            "eval mean": f"{record['mean']:.2f}",
+            "eval sd": f"{record.get('std', 0.0):.2f}",
+            "eval median": f"{record['median']:.1f}" if "median" in record else "-",
+            "train mean": "-" if math.isnan(trained) else f"{trained:.2f}",
+            "train sd": "-" if math.isnan(spread) else f"{spread:.2f}",
+            "train games": str(curve.train_games[i]),
+        })
+    return (f"{head}; eval: its games, sd over them; train: the last {RECENT_GAMES} training games ended by the "
+            f"step (exploring); * = saved as best.pt\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS))
 
 
 def plot(paths: Sequence[Path], image: Path) -> int:
@@ -193,9 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return plot(args.paths, args.plot)
     runs = find_runs(args.paths)
     if not runs:
+        if args.evals:
+            raise ConfigError(f"no runs under {', '.join(str(p) for p in args.paths)}: --evals wants run directories "
+                              f"written by rl-train (holding config.toml)")
         print(f"no runs under {', '.join(str(p) for p in args.paths)}")
         return 0
-    print(table([summarize(run_dir, root) for run_dir, root in runs]))
+    if args.evals:
+        print("\n\n".join(evaluations(run_dir) for run_dir, _ in runs))
+    else:
+        print(table([summarize(run_dir, root) for run_dir, root in runs]))
     return 0
 
 

@@ -1,8 +1,10 @@
-"""rl-runs --plot: learning curves from hand-written run directories, seeds of one setting aggregated."""
+"""rl-runs --plot and --evals: learning curves from hand-written run directories, seeds of one setting
+aggregated, each evaluation beside the training return by then."""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +12,33 @@ import pytest
 
 from rl import curves
 from rl.cli import run_cli
+from rl.logging import Logger, read_training_returns
 from scripts import runs as runs_cli
 
 pytest.importorskip("matplotlib")
 
 
+def log_games(run_dir: Path, games: list[tuple[int, float]], purge_step: int | None = None) -> None:
+    """One rl-train session's TensorBoard file with a training game per (step it ended at, raw score); a
+    resumed session passes the step it resumes from as ``purge_step``, as rl-train does."""
+    logger = Logger(run_dir, purge_step=purge_step)
+    for step, score in games:
+        logger.scalars({"charts/episodic_return": score, "charts/episodic_length": 1}, step)
+    logger.close()
+
+
 def make_run(path: Path, evals: list[tuple[int, float, float, float | None]], preset: str | None = "cartpole",
-             **config) -> Path:
-    """A run directory as rl-train leaves it: config.toml, run.json, and one evaluation per
-    (step, mean, std, wall seconds or None for a file from before wall times were recorded)."""
+             games: list[tuple[int, float]] = (), **config) -> Path:
+    """A run directory as rl-train leaves it: config.toml, run.json, one evaluation per (step, mean, std,
+    wall seconds or None for a file from before wall times were recorded), and the training ``games``."""
     path.mkdir(parents=True)
     config = {"env": "cartpole", "network": "mlp", **config}
     (path / "config.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
     (path / "run.json").write_text(json.dumps({"preset": preset, "status": "finished"}))
     records = [{"step": s, "mean": m, "std": sd, **({} if w is None else {"wall_time": w})} for s, m, sd, w in evals]
     (path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if games:
+        log_games(path, list(games))
     return path
 
 
@@ -117,3 +131,48 @@ def test_plot_refuses_an_unknown_format_and_a_missing_matplotlib(sweep, tmp_path
     monkeypatch.setitem(sys.modules, "matplotlib", None)                       # import matplotlib fails
     err = one_line_error(capsys, ["--plot", str(tmp_path / "curves.png"), str(sweep)])
     assert "matplotlib" in err and "pip install" in err and "[plot]" in err
+
+
+def test_training_return_is_the_mean_of_the_latest_games_ended_by_each_step():
+    game_steps = np.array([5, 10, 10, 20, 30])
+    returns = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, sd, games = curves.training_return_at(game_steps, returns, np.array([4, 5, 10, 25, 100]), window=3)
+    assert games.tolist() == [0, 1, 3, 3, 3]
+    assert np.isnan(mean[0]) and mean[1:].tolist() == [1.0, 2.0, 3.0, 4.0]    # (1+2+3)/3, (2+3+4)/3, (3+4+5)/3
+    assert np.isnan(sd[:2]).all() and sd[2:].tolist() == [1.0, 1.0, 1.0]     # one game has no sample sd
+
+
+def test_a_resumed_run_counts_each_training_game_once(tmp_path, caplog):
+    """A session that stopped at step 40 after its checkpoint at 20 logged games the resumed session plays
+    again; the resumed session's file purges them, so the games after step 20 are the resumed session's."""
+    run = make_run(tmp_path / "run", [(20, 1.0, 0.0, 1.0), (50, 2.0, 0.0, 2.0)],
+                   games=[(10, 1.0), (20, 2.0), (30, 100.0), (40, 100.0)])
+    time.sleep(1.1)                         # a later session's file: TensorBoard reads files in name (time) order
+    log_games(run, [(30, 3.0), (50, 4.0)], purge_step=20)
+    steps, returns = read_training_returns(run)
+    assert steps.tolist() == [10, 30, 50] and returns.tolist() == [1.0, 3.0, 4.0]   # 20 is purged too: >= purge
+    assert not caplog.records                           # TensorBoard's warning about the purge is not the user's
+    curve = curves.read_curve(run)
+    assert curve.train_return.tolist() == [1.0, pytest.approx(8 / 3)] and curve.train_games.tolist() == [1, 3]
+    assert read_training_returns(tmp_path / "nothing-logged")[0].size == 0
+
+
+def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root / "s1", [(100, 10.0, 2.0, 60.0), (200, 30.0, 4.0, 7260.0)], seed=1, games=[(50, 4.0), (150, 8.0)])
+    make_run(root / "s2", [(100, 20.0, 3.0, 90.0), (200, 10.0, 5.0, 150.0)], seed=2, games=[(100, 2.0)])
+    group, = curves.group_runs([curves.read_curve(root / "s1"), curves.read_curve(root / "s2")])
+    assert group.train_return.tolist() == [3.0, 4.0]                  # s1: 4, then (4+8)/2; s2: 2, then 2
+    assert run_cli(runs_cli.main, ["--evals", str(root / "s1")], prog="rl-runs") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{root / 's1'} (cartpole, seed 1): 2 evaluations")
+    assert lines[1].split() == ["step", "wall", "time", "(s)", "eval", "games", "epsilon", "eval", "mean", "eval", "sd", "eval",
+                                "median", "train", "mean", "train", "sd", "train", "games"]
+    assert lines[2].split() == ["100", "60", "?", "?", "10.00", "2.00", "-", "4.00", "-", "1"]
+    assert lines[3].split() == ["200", "7,260", "?", "?", "30.00", "4.00", "-", "6.00", "2.83", "2"]
+
+
+def test_evals_refuses_paths_without_runs(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = one_line_error(capsys, ["--evals", str(tmp_path / "empty")])
+    assert "no runs" in err and str(tmp_path / "empty") in err

@@ -131,7 +131,7 @@ def test_run_owners_show_the_runs_counters(tmp_path):
 def test_the_training_return_is_the_mean_of_the_latest_games_and_a_resume_keeps_them(tmp_path):
     """run.json's train_return (rl-runs' column) averages the latest RECENT_GAMES training games' raw scores, and
     the checkpoint carries them, so a resumed run reports the same window rather than starting it afresh."""
-    from agents.run import RECENT_GAMES
+    from rl.logging import RECENT_GAMES
 
     run = new_run(tmp_path, eval_every=0, target_return=0.0)
 
