@@ -39,7 +39,7 @@ class RunCurve:
     std: np.ndarray             # standard deviation over those games
     hours: np.ndarray           # training wall time at each evaluation; NaN where the file predates the record
     train_return: np.ndarray    # mean raw score of the RECENT_GAMES training games ended by each evaluation; NaN: none
-    train_sd: np.ndarray        # their sample standard deviation (ddof 1)
+    train_sd: np.ndarray        # their sd over games (population std)
     train_games: np.ndarray     # how many games that is (fewer than RECENT_GAMES early on)
 
     @property
@@ -93,12 +93,13 @@ def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def training_return_at(game_steps: np.ndarray, returns: np.ndarray, steps: np.ndarray,
                        window: int = RECENT_GAMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of ``steps``: the mean and sample sd (ddof 1) of the last ``window`` of ``returns`` whose games
-    ended at or before it (``game_steps`` in order), and how many games that is; NaN where too few."""
+    """For each of ``steps``: the mean and sd over games (population std, as rl-evaluate gives a score's spread)
+    of the last ``window`` of ``returns`` whose games ended at or before it (``game_steps`` in order), and how
+    many games that is; NaN where none had."""
     ended = np.searchsorted(game_steps, steps, side="right")          # games ended by each step
     windows = [returns[max(0, n - window):n] for n in ended]
     mean = np.array([w.mean() if w.size else np.nan for w in windows])
-    sd = np.array([w.std(ddof=1) if w.size > 1 else np.nan for w in windows])
+    sd = np.array([w.std() if w.size else np.nan for w in windows])
     return mean, sd, np.array([w.size for w in windows], np.int64)
 
 

@@ -178,8 +178,8 @@ def evaluations(run_dir: Path) -> str:
             "train sd": "-" if math.isnan(spread) else f"{spread:.2f}",
             "train games": str(curve.train_games[i]),
         })
-    return (f"{head}; eval: its games, sd over them; train: the last {RECENT_GAMES} training games ended by the "
-            f"step (exploring); * = saved as best.pt\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS))
+    return (f"{head}; eval: its own games; train: the last {RECENT_GAMES} training games ended by that step "
+            f"(exploring); sd: over games (population std); * = saved as best.pt\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS))
 
 
 def plot(paths: Sequence[Path], image: Path) -> int:

@@ -139,7 +139,7 @@ def test_training_return_is_the_mean_of_the_latest_games_ended_by_each_step():
     mean, sd, games = curves.training_return_at(game_steps, returns, np.array([4, 5, 10, 25, 100]), window=3)
     assert games.tolist() == [0, 1, 3, 3, 3]
     assert np.isnan(mean[0]) and mean[1:].tolist() == [1.0, 2.0, 3.0, 4.0]    # (1+2+3)/3, (2+3+4)/3, (3+4+5)/3
-    assert np.isnan(sd[:2]).all() and sd[2:].tolist() == [1.0, 1.0, 1.0]     # one game has no sample sd
+    assert np.isnan(sd[0]) and sd[1] == 0.0 and sd[2:] == pytest.approx([np.sqrt(2 / 3)] * 3)   # over games
 
 
 def test_a_resumed_run_counts_each_training_game_once(tmp_path, caplog):
@@ -168,8 +168,8 @@ def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(t
     assert lines[0].startswith(f"{root / 's1'} (cartpole, seed 1): 2 evaluations")
     assert lines[1].split() == ["step", "wall", "time", "(s)", "eval", "games", "epsilon", "eval", "mean", "eval", "sd", "eval",
                                 "median", "train", "mean", "train", "sd", "train", "games"]
-    assert lines[2].split() == ["100", "60", "?", "?", "10.00", "2.00", "-", "4.00", "-", "1"]
-    assert lines[3].split() == ["200", "7,260", "?", "?", "30.00", "4.00", "-", "6.00", "2.83", "2"]
+    assert lines[2].split() == ["100", "60", "?", "?", "10.00", "2.00", "-", "4.00", "0.00", "1"]
+    assert lines[3].split() == ["200", "7,260", "?", "?", "30.00", "4.00", "-", "6.00", "2.00", "2"]
 
 
 def test_evals_refuses_paths_without_runs(tmp_path, capsys):
