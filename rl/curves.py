@@ -181,8 +181,9 @@ def image_formats() -> set[str]:
 def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     """Two panels, evaluation return against agent steps and against training wall time (hours), one
     colour per group, with the group's training return dashed in the same colour where its runs logged one
-    (it tells a weak snapshot from a policy that stopped learning), written atomically to ``path`` in the format its suffix names. The Agg canvas is
-    used directly: no pyplot, no display, no global backend switch in the caller's process."""
+    (it tells a weak snapshot from a policy that stopped learning), written atomically to ``path`` in the
+    format its suffix names. The Agg canvas is used directly: no pyplot, no display, no global backend
+    switch in the caller's process."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -31,11 +31,14 @@ from rl.logging import RECENT_GAMES, process_alive, read_evaluations
 
 COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time",
            "steps/s", "left", "status")
+EVAL_COLUMNS = ("step", "wall time (s)", "eval games", "epsilon", "eval mean", "eval sd", "eval median", "train mean",
+                "train sd", "train games")         # --evals
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="rl-runs", description="List the runs under DIR: steps, evaluation scores, status; "
-                            "or draw their learning curves (--plot).")
+                            "or each run's evaluations beside its training return (--evals); or draw their learning "
+                            "curves (--plot).")
     parser.add_argument("paths", nargs="*", type=Path, default=[Path("runs")], metavar="RUN_OR_DIR",
                         help="run directories, or directories searched recursively for them (default: runs)")
     what = parser.add_mutually_exclusive_group()
@@ -147,10 +150,6 @@ def table(rows: list[dict[str, str]], columns: Sequence[str] = COLUMNS, right: S
                          for c in columns).rstrip()
 
     return "\n".join([line({c: c for c in columns})] + [line(r) for r in rows])
-
-
-EVAL_COLUMNS = ("step", "wall time (s)", "eval games", "epsilon", "eval mean", "eval sd", "eval median", "train mean",
-                "train sd", "train games")
 
 
 def evaluations(run_dir: Path) -> str:
