@@ -103,15 +103,16 @@ def training_return_at(game_steps: np.ndarray, returns: np.ndarray, steps: np.nd
     return mean, sd, np.array([w.size for w in windows], np.int64)
 
 
-def read_curve(run_dir: Path) -> RunCurve:
+def read_curve(run_dir: Path, evals: Sequence[Mapping[str, Any]] | None = None) -> RunCurve:
     """The evaluations of the run in ``run_dir`` (empty arrays when it has none yet), each with the run's
-    training return by then, from its TensorBoard files."""
+    training return by then, from its TensorBoard files. ``evals``: its evaluation records where the caller
+    has read them already (a running run may append one between two reads)."""
     config = _normalized(load_toml(run_dir / "config.toml"))
     try:
         preset = json.loads((run_dir / "run.json").read_text()).get("preset")
     except (OSError, ValueError, AttributeError):
         preset = None
-    evals = read_evaluations(run_dir)
+    evals = read_evaluations(run_dir) if evals is None else evals
 
     def column(key: str, missing: float = math.nan) -> np.ndarray:
         return np.array([float(r.get(key, missing)) for r in evals])

@@ -156,8 +156,8 @@ def evaluations(run_dir: Path) -> str:
     """--evals for one run: a line naming it, then a row per evaluation (``*`` marks those that became best.pt)."""
     from rl import curves
 
-    curve = curves.read_curve(run_dir)
     records = read_evaluations(run_dir)
+    curve = curves.read_curve(run_dir, records)          # the same records: a live run may append meanwhile
     seed = curve.config.get("seed")
     head = f"{run_dir} ({curve.preset or curve.config['env']}, seed {seed}): {plural(len(records), 'evaluation')}"
     if not records:
@@ -177,8 +177,9 @@ def evaluations(run_dir: Path) -> str:
             "train sd": "-" if math.isnan(spread) else f"{spread:.2f}",
             "train games": str(curve.train_games[i]),
         })
-    return (f"{head}; eval: its own games; train: the last {RECENT_GAMES} training games ended by that step "
-            f"(exploring); sd: over games (population std); * = saved as best.pt\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS))
+    legend = (f"eval: its own games; train: the last {RECENT_GAMES} training games ended by that step (exploring); "
+              f"sd: over games (population std); * = saved as best.pt")
+    return f"{head}; {legend}\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS)
 
 
 def plot(paths: Sequence[Path], image: Path) -> int:

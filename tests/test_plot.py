@@ -166,8 +166,8 @@ def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(t
     assert run_cli(runs_cli.main, ["--evals", str(root / "s1")], prog="rl-runs") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{root / 's1'} (cartpole, seed 1): 2 evaluations")
-    assert lines[1].split() == ["step", "wall", "time", "(s)", "eval", "games", "epsilon", "eval", "mean", "eval", "sd", "eval",
-                                "median", "train", "mean", "train", "sd", "train", "games"]
+    assert lines[1].split() == ["step", "wall", "time", "(s)", "eval", "games", "epsilon", "eval", "mean", "eval", "sd",
+                                "eval", "median", "train", "mean", "train", "sd", "train", "games"]
     assert lines[2].split() == ["100", "60", "?", "?", "10.00", "2.00", "-", "4.00", "0.00", "1"]
     assert lines[3].split() == ["200", "7,260", "?", "?", "30.00", "4.00", "-", "6.00", "2.00", "2"]
 
