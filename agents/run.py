@@ -29,7 +29,17 @@ from agents.policy import is_policy_file, load_training_checkpoint
 from envs import is_atari
 from rl import checkpoint as ckpt
 from rl import numerics
-from rl.config import ConfigError, TrainConfig, base_config, dumps_toml, from_dict, load_toml, resumable_keys
+from rl.config import (
+    ConfigError,
+    TrainConfig,
+    base_config,
+    dumps_toml,
+    format_value,
+    from_dict,
+    load_toml,
+    resumable_keys,
+    session_keys,
+)
 from rl.logging import RECENT_GAMES, Logger, Progress, RateMeter, process_identity, read_evaluations
 from rl.replay import ReplayBuffer
 
@@ -123,6 +133,28 @@ def resumed_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     if fixed:
         raise ConfigError(f"{fixed[0]} cannot change when resuming; resumable: {', '.join(sorted(resumable))}")
     return validated(from_dict(TrainConfig, overrides, base=load_run_config(run_dir)))
+
+
+def record_resume(run_dir: Path, cfg: TrainConfig, step: int) -> list[str]:
+    """Write the resumable settings a resume changed into ``run_dir``'s config.toml, with a comment naming the
+    step, so the next ``--resume`` keeps them (session settings, such as threads, are left as the file has them).
+    Returns the changes as ``key = new (was old)``."""
+    path = run_dir / "config.toml"
+    saved = load_toml(path)
+    before = from_dict(TrainConfig, saved)
+    changed = {key: getattr(cfg, key) for key in sorted(resumable_keys() - session_keys())
+               if getattr(before, key) != getattr(cfg, key)}
+    if not changed:
+        return []
+    notes = [f"{key} = {format_value(value)} (was {format_value(getattr(before, key))})"
+             for key, value in changed.items()]
+    header = "".join(line + "\n" for line in path.read_text().splitlines() if line.startswith("#"))
+    header += f"# resumed at step {step:,} with {'; '.join(notes)}\n"
+    try:
+        ckpt.atomic_write(path, lambda f: f.write((header + dumps_toml({**saved, **changed})).encode()))
+    except OSError as exc:
+        raise RunDirError(f"cannot write {path}: {exc.strerror or exc}; the run's files are intact") from None
+    return notes
 
 
 class Every:
@@ -241,6 +273,10 @@ class Run:
             else:
                 self.replay.load_state_dict(saved)
                 self.resume_note = f"replay restored ({len(self.replay)} transitions)"
+        recorded = record_resume(self.run_dir, self.cfg, self.step)
+        if recorded:
+            kept = f"config.toml now keeps {'; '.join(recorded)}"
+            self.resume_note = f"{self.resume_note}; {kept}" if self.resume_note else kept
         return meta
 
     def refill(self, why: str) -> None:

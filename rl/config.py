@@ -50,7 +50,7 @@ class TrainConfig:
     gym_packages: list[str] = setting(None, "modules imported before a gym:ID env is made, so that they can register "
                                             "their environments (like the RL Zoo's --gym-packages)", factory=list)
     num_envs: int = setting(8, "parallel environments", low=1, high=1024)
-    env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, resumable=True)
+    env_threads: int = setting(0, "emulator threads for Atari (0 = one per core)", low=0, high=1024, session=True)
     sticky_action_prob: float = setting(0.0, "probability of repeating the previous action (0 = Nature DQN, 0.25 = ALE v5)",
                                         low=0.0, high=1.0)
     noop_max: int = setting(30, "at most this many no-op actions at the start of each game", low=0, high=1000)
@@ -113,8 +113,8 @@ class TrainConfig:
     max_grad_norm: float = setting(10.0, "clip the gradient's global norm to this (0 = off)", low=0.0)
     # run
     seed: int = setting(1, "seed for torch, numpy and the environments", low=0, high=2**31 - 1)
-    device: str = setting("auto", "where the networks live", choices=("auto", "cpu", "cuda"), resumable=True)
-    torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024, resumable=True)
+    device: str = setting("auto", "where the networks live", choices=("auto", "cpu", "cuda"), session=True)
+    torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024, session=True)
     precision: str = setting("fp32", "network arithmetic: fp32, bf16 autocast (losses and targets stay fp32), or "
                                      "auto = bf16 where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX), "
                                      "else fp32", choices=("fp32", "bf16", "auto"))
@@ -211,8 +211,14 @@ def check_evaluate(cfg: EvaluateConfig, filming: bool) -> EvaluateConfig:
 
 
 def resumable_keys(cls=None) -> frozenset[str]:
-    """The settings ``rl-train --resume`` may change: declared with ``resumable=True``."""
+    """The settings ``rl-train --resume`` may change: declared with ``resumable=True`` or ``session=True``."""
     return frozenset(f.name for f in fields(cls or TrainConfig) if f.metadata.get("resumable"))
+
+
+def session_keys(cls=None) -> frozenset[str]:
+    """The resumable settings that hold for one session only (declared with ``session=True``): a resume's
+    value for them is not written back to the run's config.toml."""
+    return frozenset(f.name for f in fields(cls or TrainConfig) if f.metadata.get("session"))
 
 
 def validate_train(cfg: TrainConfig) -> TrainConfig:
@@ -326,7 +332,8 @@ def settings_table(shown: TrainConfig | None = None) -> str:
     rows = ["| key | breakout | resumable | meaning |", "| --- | --- | --- | --- |"]
     for f in fields(TrainConfig):
         value = format_value(getattr(shown, f.name))
-        rows.append(f"| `{f.name}` | `{value}` | {'yes' if f.metadata.get('resumable') else ''} | "
+        resumable = "this session" if f.metadata.get("session") else "yes" if f.metadata.get("resumable") else ""
+        rows.append(f"| `{f.name}` | `{value}` | {resumable} | "
                     f"{f.metadata['help'].replace('|', '/')} |")
     return "\n".join(rows) + "\n"
 

@@ -18,12 +18,14 @@ class ConfigError(ValueError):
 
 
 def setting(default, help: str, *, low=None, high=None, low_open=False, choices=None, factory=None,
-            resumable: bool = False):
+            resumable: bool = False, session: bool = False):
     """A config field: ``help`` becomes ``--help`` text; ``low``/``high`` bound numbers (inclusive
     unless ``low_open``); ``choices`` is a tuple or a callable returning one; ``resumable`` settings
-    may change on ``rl-train --resume`` (they do not alter what has been learned so far)."""
+    may change on ``rl-train --resume`` (they do not alter what has been learned so far). A resume writes
+    its changes into the run's config.toml, so later resumes keep them, except for ``session`` settings:
+    those describe the machine a session runs on (device, threads) and hold for that session only."""
     meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices,
-            "resumable": resumable}
+            "resumable": resumable or session, "session": session}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

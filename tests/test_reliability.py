@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -63,6 +64,26 @@ def test_resume_without_saved_replay_refills_first(tmp_path, capsys):
     assert "refilling 500 steps" in capsys.readouterr().err
     # 1500 more steps, of which the first 500 only refill: 1000 / train_frequency(2) updates
     assert weights(tmp_path / "r")["updates"] - updates_at_stop == pytest.approx(500, abs=4)
+
+
+def test_a_resume_writes_its_changes_into_config_toml_so_later_resumes_keep_them(tmp_path, capsys):
+    """--total-steps and --keep-checkpoints given to one resume hold for the next ones too; --torch-threads,
+    a setting of the session's machine, does not."""
+    run_dir = tmp_path / "r"
+    assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "3000", "--learning-starts", "500",
+                                    "--no-progress", "--run-dir", str(run_dir), "--stop-at", "1000"]) == 0
+    capsys.readouterr()
+    assert run_cli(train_cli.main, ["--resume", str(run_dir), "--no-progress", "--total-steps", "2000",
+                                    "--keep-checkpoints", "5", "--torch-threads", "2", "--stop-at", "1500"]) == 0
+    err = capsys.readouterr().err
+    assert "config.toml now keeps keep_checkpoints = 5 (was 3); total_steps = 2000 (was 3000)" in err
+    text = (run_dir / "config.toml").read_text()
+    assert "# resumed at step 1,000 with keep_checkpoints = 5 (was 3); total_steps = 2000 (was 3000)" in text
+    saved = from_dict(TrainConfig, tomllib.loads(text))
+    assert (saved.total_steps, saved.keep_checkpoints, saved.torch_threads) == (2000, 5, 1)
+    assert run_cli(train_cli.main, ["--resume", str(run_dir), "--no-progress"]) == 0
+    assert ckpt.decode_meta(ckpt.load(run_dir / "checkpoints" / "latest.pt")["meta"])["step"] == 2000
+    assert "config.toml now keeps" not in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
