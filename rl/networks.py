@@ -311,7 +311,7 @@ def random_shift(obs: torch.Tensor, pad: int = 4, generator: torch.Generator | N
 
     obs: [B, C, H, W]. Implemented as clamped index arithmetic, so uint8 stays uint8 and no padding copy is
     made: each image's shifted pixel positions become one flat index [B, 1, H*W], shared by its C channels,
-    and a single gather reads them (3x faster on CPU than gathering rows, then columns).
+    and a single gather reads them (faster on CPU than gathering rows, then columns: benchmarks/kernels.py).
     """
     B, C, H, W = obs.shape
     shift = torch.randint(0, 2 * pad + 1, (B, 2), device=obs.device, generator=generator) - pad

@@ -14,6 +14,16 @@ from rl.config import TrainConfig, from_dict, load_preset
 from scripts import benchmark
 
 
+def test_kernel_benchmark_checks_its_variants_and_reports_them(tmp_path, capsys):
+    from benchmarks import kernels
+    out = tmp_path / "kernels.json"
+    assert kernels.main(["--rounds", "1", "--calls", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["adam_step_nature_cnn"]) == {"per_tensor_loop", "foreach", "fused"}
+    assert figures["random_shift"]["flat_gather_uint8"]["over_flat_gather_uint8"] == 1.0
+    assert figures["cpu"]["model"] in capsys.readouterr().out        # every figure names its CPU
+
+
 def test_benchmark_reports_all_figures(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = run_cli(benchmark.main, ["--preset", "cartpole", "--env-steps", "400", "--updates", "5",

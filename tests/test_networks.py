@@ -85,6 +85,17 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
         assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
 
 
+def test_random_shift_is_drq_v2s_augmentation():
+    """The same shifts through DrQ-v2's replicate-pad + grid_sample (benchmarks/kernels.py) give the same pixels."""
+    from benchmarks.kernels import drawn_shift, pad_grid_sample
+    obs = torch.randint(0, 256, (64, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for seed in range(3):
+        out = random_shift(obs, pad=4, generator=torch.Generator().manual_seed(seed))
+        reference = pad_grid_sample(obs.float(), drawn_shift(64, seed))
+        assert torch.allclose(out.float(), reference, rtol=0, atol=0.01)
+        assert not torch.equal(out, obs)
+
+
 @pytest.mark.parametrize("dueling", [False, True])
 def test_q_values_keep_gaps_finer_than_bf16_under_autocast(dueling):
     """bf16 steps by 0.03 between 4 and 8, where a Breakout agent's Q-values lie, and actions there are often

@@ -1,0 +1,140 @@
+"""The learner's hot kernels against what they replaced, Breakout-shaped (Nature CNN, batch 32), interleaved
+in one process: the optimizer step (torch's CPU default, a per-tensor loop, against the foreach and fused
+kernels the registry picks) and DrQ's random shift (one flat gather on uint8 against two gathers, and
+against DrQ-v2's replicate-pad + grid_sample on floats).
+
+    python -m benchmarks.kernels                  # 1 torch thread, 25 rounds
+    python -m benchmarks.kernels --torch-threads 2 --json out.json
+
+The variants alternate in short rounds, so load from other processes hits them alike; a time is the median
+over rounds, a ratio the median of the rounds' ratios. Each variant is first checked to compute the same
+result as the one in use (same parameters after a step; the same shifted pixels, up to grid_sample's rounding).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from argparse import ArgumentParser
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.device_replay_cpu import cpu_name, per_call_ms
+from rl.networks import make_q_network, random_shift
+
+PAD = 4
+
+
+def two_gathers(obs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The shift as rows, then columns: obs uint8[B, C, H, W], shift int[B, 2] (rows, columns)."""
+    B, C, H, W = obs.shape
+    rows = (torch.arange(H)[None] + shift[:, :1]).clamp_(0, H - 1)     # [B, H]
+    cols = (torch.arange(W)[None] + shift[:, 1:]).clamp_(0, W - 1)     # [B, W]
+    out = obs.gather(2, rows[:, None, :, None].expand(B, C, H, W))
+    return out.gather(3, cols[:, None, None, :].expand(B, C, H, W))
+
+
+def pad_grid_sample(obs: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """DrQ-v2's RandomShiftsAug (Yarats et al. 2021) on float images, with the given integer shifts."""
+    B, C, H, W = obs.shape
+    x = F.pad(obs, (PAD,) * 4, mode="replicate")
+    eps = 1.0 / (H + 2 * PAD)
+    arange = torch.linspace(-1.0 + eps, 1.0 - eps, H + 2 * PAD)[:H]
+    arange = arange[None].repeat(H, 1)[:, :, None]
+    base = torch.cat([arange, arange.transpose(1, 0)], dim=2)[None].repeat(B, 1, 1, 1)   # [B, H, W, (x, y)]
+    offset = (shift.flip(1) + PAD).to(torch.float32)[:, None, None, :] * (2.0 / (H + 2 * PAD))
+    return F.grid_sample(x, base + offset, padding_mode="zeros", align_corners=False)
+
+
+def drawn_shift(batch: int, seed: int) -> torch.Tensor:
+    """The shifts random_shift draws from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2 * PAD + 1, (batch, 2), generator=g) - PAD
+
+
+def optimizers(params_for: Callable[[], list[torch.Tensor]]) -> dict[str, torch.optim.Optimizer]:
+    return {"per_tensor_loop": torch.optim.Adam(params_for(), lr=1e-4, foreach=False),
+            "foreach": torch.optim.Adam(params_for(), lr=1e-4, foreach=True),
+            "fused": torch.optim.Adam(params_for(), lr=1e-4, fused=True)}
+
+
+def interleaved(timers: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in timers}
+    for _ in range(rounds):
+        for name, fn in timers.items():
+            out[name].append(per_call_ms(fn, calls))
+    return out
+
+
+def summary(times: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
+    return {k: {"ms": statistics.median(v), "over_" + base: statistics.median(np.divide(v, times[base]))}
+            for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds; figures are medians")
+    parser.add_argument("--calls", type=int, default=20, help="calls per round and variant")
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    B = args.batch_size
+
+    # optimizer step: one network per variant, the same gradients on each
+    torch.manual_seed(0)
+    nets = [make_q_network("nature_cnn", (4, 84, 84), 4) for _ in range(3)]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    grads = [torch.randn_like(p) * 1e-2 for p in nets[0].parameters()]
+    for net in nets:
+        for p, g in zip(net.parameters(), grads):
+            p.grad = g.clone()
+    params = iter([list(net.parameters()) for net in nets])
+    opts = optimizers(lambda: next(params))
+    for opt in opts.values():
+        opt.step()
+    for a, b in zip(nets[0].parameters(), nets[2].parameters()):
+        assert torch.allclose(a, b, atol=1e-7), "the optimizer variants disagree"
+    step_times = summary(interleaved({k: o.step for k, o in opts.items()}, args.rounds, args.calls), "fused")
+
+    # random shift: the same shifts through each variant, then to float as the network takes them
+    obs = torch.randint(0, 256, (B, 4, 84, 84), dtype=torch.uint8)
+    shift = drawn_shift(B, seed=1)
+    ours = random_shift(obs, PAD, torch.Generator().manual_seed(1))
+    assert torch.equal(ours, two_gathers(obs, shift)), "two gathers disagree with random_shift"
+    # grid_sample interpolates at the pixel centres: exact up to float rounding (~0.003 of 255)
+    assert torch.allclose(ours.float(), pad_grid_sample(obs.float(), shift), rtol=0, atol=0.01), \
+        "grid_sample disagrees with random_shift"
+    g = torch.Generator().manual_seed(2)
+    shift_times = summary(interleaved({
+        "flat_gather_uint8": lambda: random_shift(obs, PAD, g).float(),
+        "two_gathers_uint8": lambda: two_gathers(obs, drawn_shift(B, 2)).float(),
+        "pad_grid_sample_float": lambda: pad_grid_sample(obs.float(), drawn_shift(B, 2)),
+    }, args.rounds, args.calls), "flat_gather_uint8")
+
+    out = {"cpu": cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "load_average_1min": os.getloadavg()[0], "batch_size": B, "rounds": args.rounds,
+           "adam_step_nature_cnn": step_times, "random_shift": shift_times}
+    cpu = out["cpu"]
+    print(f"{cpu['model']} ({cpu['cores']} cores, avx512_bf16={cpu['avx512_bf16']}, amx={cpu['amx'] or 'none'}), "
+          f"torch {torch.__version__}, {out['torch_threads']} torch thread(s), load average {out['load_average_1min']:.1f}")
+    print(f"medians of {args.rounds} interleaved rounds of {args.calls} calls")
+    for title, figures in (("Adam step, Nature CNN (1.7M parameters)", step_times),
+                           (f"random shift, uint8[{B}, 4, 84, 84] -> float", shift_times)):
+        print(title)
+        for name, f in figures.items():
+            ratio = next(v for k, v in f.items() if k.startswith("over_"))
+            print(f"  {name:24} {f['ms']:8.3f} ms  {ratio:6.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
