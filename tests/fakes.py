@@ -112,14 +112,15 @@ from gymnasium import spaces
 class Corridor(gym.Env):
     """Cells 0..length-1, the position a Discrete observation; action 1 steps right, 0 left, and a step slips
     the other way with probability 0.1. Reaching the last cell scores 1 and ends the episode; random play often
-    runs into the time limit first, a good policy gets there in about length steps."""
+    runs into the time limit first, a good policy gets there in about length steps. ``action_start`` numbers
+    the two actions from there (gymnasium's Discrete(n, start)); an action outside the space is refused."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, length=8, render_mode=None):
+    def __init__(self, length=8, render_mode=None, action_start=0):
         self.length, self.render_mode = length, render_mode
         self.observation_space = spaces.Discrete(length)
-        self.action_space = spaces.Discrete(2)
+        self.action_space = spaces.Discrete(2, start=action_start)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -127,7 +128,9 @@ class Corridor(gym.Env):
         return self.pos, {}
 
     def step(self, action):
-        move = 1 if action == 1 else -1
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action} is not in {self.action_space}")
+        move = 1 if action == self.action_space.start + 1 else -1
         if self.np_random.random() < 0.1:
             move = -move
         self.pos = min(max(self.pos + move, 0), self.length - 1)
@@ -203,6 +206,8 @@ class DictObs(gym.Env):
 
 
 gym.register("RlTest/Corridor-v0", entry_point=f"{__name__}:Corridor", max_episode_steps=50)
+gym.register("RlTest/OffsetCorridor-v0", entry_point=f"{__name__}:Corridor", max_episode_steps=50,
+             kwargs={"action_start": -1})
 gym.register("RlTest/Catch-v0", entry_point=f"{__name__}:Catch", max_episode_steps=200)
 gym.register("RlTest/DictObs-v0", entry_point=f"{__name__}:DictObs")
 '''

@@ -47,7 +47,12 @@ def test_priorities_never_augment():
     np.testing.assert_array_equal(first, agent.priorities(batch))
 
 
-@pytest.mark.parametrize("target", ["hard", "polyak", "none"])
+def test_without_a_target_network_the_online_net_bootstraps_itself():
+    agent = agent_for(target="none")
+    assert agent.target is agent.q
+
+
+@pytest.mark.parametrize("target", ["hard", "polyak"])
 def test_a_hard_target_syncs_when_the_steps_cross_a_multiple_of_target_update(target):
     agent = agent_for(target=target, target_update=100, tau=0.5)
     rng = np.random.default_rng(2)
@@ -59,7 +64,7 @@ def test_a_hard_target_syncs_when_the_steps_cross_a_multiple_of_target_update(ta
     assert all(torch.equal(a, b) for a, b in zip(agent.target.parameters(), before))
     agent.steps_done(192, 200)                                   # 200 is crossed
     synced = all(torch.equal(a, b) for a, b in zip(agent.target.parameters(), agent.q.parameters()))
-    assert synced == (target != "polyak")
+    assert synced == (target == "hard")
     if target == "polyak":                                       # Polyak moves it in every update instead
         assert all(torch.equal(a, b) for a, b in zip(agent.target.parameters(), before))
         agent.update(random_batch(rng, 8))

@@ -180,12 +180,20 @@ def test_gym_spaces_dqn_cannot_take_are_named(observation, action, words):
 
 
 def test_gym_env_steps_with_its_own_action_offset_and_protocol(gym_package):
-    cfg = TrainConfig(env="gym:RlTest/Corridor-v0", gym_packages=[gym_package], network="mlp", num_envs=2)
+    """The agent's actions are 0..n-1; an env numbering its actions from -1 receives -1 and 0 (it refuses any
+    other), and action 1 is its "right"."""
+    cfg = TrainConfig(env="gym:RlTest/OffsetCorridor-v0", gym_packages=[gym_package], network="mlp", num_envs=2)
     env = make_env(cfg)
     assert env.obs_shape == (8,) and env.num_actions == 2 and env.frame_stack == 1
-    assert env.protocol == {"gym_id": "RlTest/Corridor-v0", "gym_packages": [gym_package]}
+    assert env.protocol == {"gym_id": "RlTest/OffsetCorridor-v0", "gym_packages": [gym_package]}
     obs = env.reset()
     assert obs.dtype == np.float32 and (obs.sum(1) == 1).all()          # one-hot positions
+    start = obs.argmax(1)
+    for _ in range(3):
+        obs = env.step(np.ones(2, np.int64)).obs
+    assert (obs.argmax(1) > start).all()        # three steps right (a slip back costs one): further right
+    for _ in range(3):
+        env.step(np.zeros(2, np.int64))
 
 
 @pytest.mark.parametrize("extra,words", [

@@ -74,6 +74,7 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
     obs = torch.arange(2 * 4 * 12 * 12, dtype=torch.int64).reshape(2, 4, 12, 12).to(torch.uint8)
     out = random_shift(obs, pad=2, generator=torch.Generator().manual_seed(3))
     assert out.dtype == torch.uint8 and out.shape == obs.shape
+    shifts = []
     for b in range(2):
         matches = []
         for dy in range(-2, 3):
@@ -82,7 +83,9 @@ def test_random_shift_keeps_dtype_shape_and_shifts_within_pad():
                 cols = (torch.arange(12) + dx).clamp(0, 11)
                 if torch.equal(out[b], obs[b][:, rows][:, :, cols]):
                     matches.append((dy, dx))
-        assert matches  # every image is a replicate-padded shift of the input, same shift for all frames
+        assert len(matches) == 1  # every image is one replicate-padded shift of the input, the same for all frames
+        shifts += matches
+    assert shifts != [(0, 0), (0, 0)]          # it does shift
 
 
 def test_random_shift_is_drq_v2s_augmentation():
