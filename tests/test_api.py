@@ -81,6 +81,7 @@ def test_resume_and_stop_at(tmp_path):
     (lambda d: rl_dqn.evaluate(d / "missing.pt"), "does not exist"),
 ])
 def test_bad_input_raises_one_line_before_any_work(call, message, tmp_path):
-    with pytest.raises((rl_dqn.ConfigError, rl_dqn.CheckpointError), match=re.escape(message)):
+    with pytest.raises((rl_dqn.ConfigError, rl_dqn.CheckpointError), match=re.escape(message)) as exc:
         call(tmp_path / "run")
+    assert "\n" not in str(exc.value)
     assert not (tmp_path / "run").exists()

@@ -32,7 +32,7 @@ def test_make_replay_is_prioritized_when_asked():
 
 
 def test_validated_runs_the_env_rules_too():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="its observations are vectors"):
         validated(dataclasses.replace(CARTPOLE, network="nature_cnn"))   # an image network on vectors
 
 

@@ -136,7 +136,7 @@ def test_samples_only_complete_transitions_behind_the_cursor(stack, n_step):
     stream = Stream(env, tee)
     for _ in range(40):  # from empty, through the first wrap, around twice more
         if len(dev) == 0:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match="no complete transition"):
                 dev.sample(1)
         else:
             index = dev.sample(512).index.numpy()
@@ -314,7 +314,7 @@ def test_new_transitions_enter_with_max_priority():
 def test_prioritized_refuses_an_empty_buffer():
     _, dev = filled_pair()
     empty = DevicePrioritizedReplayBuffer(dev.spec)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no complete transition"):
         empty.sample(4)
 
 
@@ -384,7 +384,7 @@ def test_a_saved_replay_that_does_not_fit_is_refused():
     env = make_env(4, 2)
     small = DeviceReplayBuffer(ReplaySpec(20, 2, env.obs_shape, env.obs_dtype, stack=4))
     Stream(env, Tee(small), 15)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not fit this buffer"):
         DeviceReplayBuffer(ReplaySpec(20, 2, (4, 5, 5), np.int32, stack=4)).load_state_dict(small.state_dict())
 
 

@@ -48,8 +48,8 @@ def scores(capsys, path: Path, tmp_path: Path, *extra: str) -> dict:
     """rl-evaluate's JSON for ``path``, less the field naming the file played."""
     out = tmp_path / "scores.json"
     assert run_cli(evaluate_cli.main, [str(path), *PLAY, "--json", str(out), *extra]) == 0
-    capsys.readouterr()
     results = json.loads(out.read_text())
+    assert f"{results['weights']} weights" in capsys.readouterr().out       # the protocol line names them too
     del results["checkpoint"]
     return results
 

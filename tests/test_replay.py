@@ -87,7 +87,7 @@ def test_stacks_start_with_each_game_and_run_on_across_lost_lives():
 def test_never_samples_unwritten_or_overwritten_slots():
     env = FakeStackedEnv(num_envs=2)
     buf = ReplayBuffer(ReplaySpec(20, 2, env.obs_shape, env.obs_dtype, stack=4, n_step=2), seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no complete transition"):
         buf.sample(1)
     fill(env, buf, 3)
     assert len(buf) == 2 * (3 - 2)

@@ -70,19 +70,6 @@ def test_evaluate_defaults_to_the_runs_eval_epsilon(tmp_path, capsys):
         assert json.loads(out.read_text())["protocol"]["epsilon"] == shown
 
 
-def test_evaluate_plays_the_runs_weight_average_unless_told_online(tmp_path, capsys):
-    run_dir = tmp_path / "cp"
-    assert run_cli(train_cli.main, ["--preset", "cartpole", "--total-steps", "300", "--learning-starts", "200",
-                                    "--eval-ema", "0.5", "--run-dir", str(run_dir), "--no-progress",
-                                    "--no-save-replay"]) == 0
-    latest = str(run_dir / "checkpoints" / "latest.pt")
-    for argv, shown in (([], "average (eval_ema 0.5)"), (["--online"], "online")):
-        out = tmp_path / "eval.json"
-        assert run_cli(evaluate_cli.main, [latest, "--episodes", "2", "--json", str(out), *argv]) == 0
-        assert f"{shown} weights" in capsys.readouterr().out
-        assert json.loads(out.read_text())["weights"] == shown
-
-
 def test_evaluate_reports_each_counted_game_once():
     """rl-evaluate's progress bar hears every game the results count and none they drop: 3 envs with
     quotas 3, 2, 2 play on past their quotas until the slowest is done."""
