@@ -13,11 +13,7 @@ replay is that the batch is built without the host.
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from argparse import ArgumentParser
 from functools import partial
@@ -25,20 +21,9 @@ from functools import partial
 import numpy as np
 import torch
 
+from benchmarks.common import machine, machine_line, per_call_ms, write_json
 from rl.device_replay import DevicePrioritizedReplayBuffer, DeviceReplayBuffer
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
-
-
-def cpu_name() -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        lscpu = ""
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
-                 platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), []))
-    return {"model": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
-            "amx": sorted(f for f in flags if f.startswith("amx"))}
 
 
 class Stream:
@@ -61,13 +46,6 @@ class Stream:
                 self.first, self.pool[(self.i + 7) % len(self.pool)])
         self.first = over | trunc
         return step
-
-
-def per_call_ms(fn, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e3
 
 
 def insert_ms(add, steps) -> float:
@@ -130,14 +108,11 @@ def main(argv=None) -> int:
             for impl, add in enumerate(pair):
                 rounds[name][impl].append(insert_ms(add, steps))
 
-    out = {"cpu": cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "load_average_1min": os.getloadavg()[0], "capacity": args.capacity, "num_envs": N, "batch_size": B,
+    out = {**machine(), "capacity": args.capacity, "num_envs": N, "batch_size": B,
            "fill_s_both": fill_s,
            "figures": {k: {"numpy": statistics.median(h), "device_cpu": statistics.median(d),
                            "device_over_numpy": statistics.median(np.divide(d, h))} for k, (h, d) in rounds.items()}}
-    cpu = out["cpu"]
-    print(f"{cpu['model']} ({cpu['cores']} cores, avx512_bf16={cpu['avx512_bf16']}, amx={cpu['amx'] or 'none'}), "
-          f"torch {torch.__version__}, {out['torch_threads']} torch thread(s), load average {out['load_average_1min']:.1f}")
+    print(machine_line(out))
     print(f"Breakout replay: {args.capacity:,} transitions, {N} envs, stack 4, n-step 3, batch {B}; "
           f"medians of {args.rounds} interleaved rounds")
     print(f"{'figure':28} {'numpy':>10} {'device (CPU)':>13} {'device/numpy':>13}")
@@ -145,9 +120,7 @@ def main(argv=None) -> int:
         unit = "ms/vector step" if "insert" in name else "ms/batch"
         print(f"{name.removesuffix('_ms'):28} {f['numpy']:10.3f} {f['device_cpu']:13.3f} {f['device_over_numpy']:12.2f}x"
               f"  {unit}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    write_json(args.json, out)
     return 0
 
 

@@ -12,8 +12,6 @@ result as the one in use (same parameters after a step; the same shifted pixels,
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
 from argparse import ArgumentParser
 from typing import Callable
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.device_replay_cpu import cpu_name, per_call_ms
+from benchmarks.common import machine, machine_line, per_call_ms, write_json
 from rl.networks import make_q_network, random_shift
 
 PAD = 4
@@ -117,12 +115,9 @@ def main(argv=None) -> int:
         "pad_grid_sample_float": lambda: pad_grid_sample(obs.float(), drawn_shift(B, 2)),
     }, args.rounds, args.calls), "flat_gather_uint8")
 
-    out = {"cpu": cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "load_average_1min": os.getloadavg()[0], "batch_size": B, "rounds": args.rounds,
+    out = {**machine(), "batch_size": B, "rounds": args.rounds,
            "adam_step_nature_cnn": step_times, "random_shift": shift_times}
-    cpu = out["cpu"]
-    print(f"{cpu['model']} ({cpu['cores']} cores, avx512_bf16={cpu['avx512_bf16']}, amx={cpu['amx'] or 'none'}), "
-          f"torch {torch.__version__}, {out['torch_threads']} torch thread(s), load average {out['load_average_1min']:.1f}")
+    print(machine_line(out))
     print(f"medians of {args.rounds} interleaved rounds of {args.calls} calls")
     for title, figures in (("Adam step, Nature CNN (1.7M parameters)", step_times),
                            (f"random shift, uint8[{B}, 4, 84, 84] -> float", shift_times)):
@@ -130,9 +125,7 @@ def main(argv=None) -> int:
         for name, f in figures.items():
             ratio = next(v for k, v in f.items() if k.startswith("over_"))
             print(f"  {name:24} {f['ms']:8.3f} ms  {ratio:6.2f}x")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    write_json(args.json, out)
     return 0
 
 
