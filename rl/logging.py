@@ -157,6 +157,24 @@ def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def read_sessions(run_dir: Path) -> list[int]:
+    """The agent step each training session started at, oldest first: 0 for the first, then each resume's (a
+    resumed session's TensorBoard file opens with a SessionLog START at its purge step). [] before any file."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    def started(path: Path) -> int:
+        for i, event in enumerate(EventFileLoader(str(path)).Load()):
+            if event.HasField("session_log"):
+                return int(event.step)
+            if i >= 4:                      # SessionLog comes right after the file header, or not at all
+                break
+        return 0
+
+    # file names hold their creation time: events.out.tfevents.<unix seconds>.<host>.<pid>.<n>
+    files = sorted(Path(run_dir).glob("events.out.tfevents.*"), key=lambda p: (int(p.name.split(".")[3]), p.name))
+    return [started(path) for path in files]
+
+
 def read_training_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every training game's raw score (``charts/episodic_return``) and the agent step it ended at, in the
     order played: (int64[G], float64[G]), empty where the run has no TensorBoard files yet. A resumed session

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError, load_toml
-from rl.logging import RECENT_GAMES, process_alive, read_evaluations
+from rl.logging import RECENT_GAMES, process_alive, read_evaluations, read_sessions
 
 COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time",
            "steps/s", "left", "status")
@@ -160,6 +160,9 @@ def evaluations(run_dir: Path) -> str:
     curve = curves.read_curve(run_dir, records)          # the same records: a live run may append meanwhile
     seed = curve.config.get("seed")
     head = f"{run_dir} ({curve.preset or curve.config['env']}, seed {seed}): {plural(len(records), 'evaluation')}"
+    resumes = read_sessions(run_dir)[1:]
+    if resumes:
+        head += f"; resumed {plural(len(resumes), 'time')} (at steps {', '.join(f'{s:,}' for s in resumes)})"
     if not records:
         return head + " yet"
     rows = []

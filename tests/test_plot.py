@@ -12,7 +12,7 @@ import pytest
 
 from rl import curves
 from rl.cli import run_cli
-from rl.logging import Logger, read_training_returns
+from rl.logging import Logger, read_sessions, read_training_returns
 from scripts import runs as runs_cli
 
 pytest.importorskip("matplotlib")
@@ -142,7 +142,7 @@ def test_training_return_is_the_mean_of_the_latest_games_ended_by_each_step():
     assert np.isnan(sd[0]) and sd[1] == 0.0 and sd[2:] == pytest.approx([np.sqrt(2 / 3)] * 3)   # over games
 
 
-def test_a_resumed_run_counts_each_training_game_once(tmp_path, caplog):
+def test_a_resumed_run_counts_each_training_game_once(tmp_path, caplog, capsys):
     """A session that stopped at step 40 after its checkpoint at 20 logged games the resumed session plays
     again; the resumed session's file purges them, so the games after step 20 are the resumed session's."""
     run = make_run(tmp_path / "run", [(20, 1.0, 0.0, 1.0), (50, 2.0, 0.0, 2.0)],
@@ -155,6 +155,11 @@ def test_a_resumed_run_counts_each_training_game_once(tmp_path, caplog):
     curve = curves.read_curve(run)
     assert curve.train_return.tolist() == [1.0, pytest.approx(8 / 3)] and curve.train_games.tolist() == [1, 3]
     assert read_training_returns(tmp_path / "nothing-logged")[0].size == 0
+    time.sleep(1.1)
+    log_games(run, [(60, 5.0)], purge_step=50)
+    assert read_sessions(run) == [0, 20, 50] and read_sessions(tmp_path / "nothing-logged") == []
+    assert run_cli(runs_cli.main, ["--evals", str(run)], prog="rl-runs") == 0
+    assert "2 evaluations; resumed 2 times (at steps 20, 50);" in capsys.readouterr().out
 
 
 def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(tmp_path, capsys):
