@@ -67,6 +67,27 @@ class Logger:
         self.writer.close()
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU a figure was measured on: lscpu's model name, the core count and the flags that decide whether
+    bf16 is native (AVX512-BF16, AMX) or emulated."""
+    import platform
+    import subprocess
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        lscpu = ""
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
+                 platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), []))
+    return {"model": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+            "amx": sorted(f for f in flags if f.startswith("amx"))}
+
+
+def cpu_line(cpu: Mapping[str, Any]) -> str:
+    return f"{cpu['model']} ({cpu['cores']} cores, avx512_bf16={cpu['avx512_bf16']}, amx={cpu['amx'] or 'none'})"
+
+
 def process_identity() -> dict[str, Any]:
     """pid, host and start time of this process: with the start time a reused pid (after a crash or a
     container restart) is not mistaken for the training."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import platform
 import resource
 import sys
@@ -32,6 +33,7 @@ from rl.cli import (
     run_cli,
 )
 from rl.config import BenchConfig, ConfigError, TrainConfig, from_dict, load_preset
+from rl.logging import cpu_info, cpu_line
 
 
 def build_parser() -> ArgumentParser:
@@ -345,9 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bound_overlap = min(env_rate, learner_steps)
     bound_serial = 1 / (1 / env_rate + 1 / learner_steps)
     results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_info(),
                     "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "load_average_1min": os.getloadavg()[0]},
         "config": {"preset": preset, "num_envs": cfg.num_envs, "batch_size": cfg.batch_size,
                    "train_frequency": cfg.train_frequency, "precision": precision},
         "env_steps_per_s": env_rate,
@@ -388,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for k, rate in apex["acting_env_steps_per_s"].items()]
         rows.append(("Ape-X learner", f"{apex['learner_updates_per_s']:,.1f} updates/s",
                      f"batches sampled from the replay actor ({update_rate:,.1f} in-process)"))
+    m = results["machine"]
+    print(f"{cpu_line(m['cpu'])}; {m['cuda'] or m['device']}; torch {m['torch']}, {m['torch_threads']} torch "
+          f"thread(s), {precision}; load average {m['load_average_1min']:.1f}")
     width = max(len(r[1]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<16} {value:>{width}}  {note}")
@@ -406,10 +412,12 @@ def checkpoint_main(args, sizes: BenchConfig) -> int:
         raise ConfigError(f"--checkpoint {str(args.checkpoint)!r} does not exist")
     r = trained_learner(args.checkpoint, sizes.updates, sizes.fill_steps)
     import torch
-    r["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "torch_threads": 1}
+    r["machine"] = {"platform": platform.platform(), "cpu": cpu_info(), "torch": torch.__version__,
+                    "torch_threads": 1, "load_average_1min": os.getloadavg()[0]}
     print(f"rl-bench: the learner of {r['checkpoint']} (step {r['step']:,}, {r['env']}, {r['precision']}, one torch "
           f"thread), {r['updates']} updates on {r['frames_played']:,} frames it played", file=sys.stderr)
+    print(f"{cpu_line(r['machine']['cpu'])}; torch {r['machine']['torch']}; load average "
+          f"{r['machine']['load_average_1min']:.1f}")
     print(f"optimizer state subnormal  {r['subnormal_fraction_of_optimizer_state']:.1%}")
     print(f"subnormals computed        {r['ms_per_update_subnormals_computed']:.2f} ms/update")
     print(f"subnormals flushed         {r['ms_per_update_subnormals_flushed']:.2f} ms/update  "

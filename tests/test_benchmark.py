@@ -38,6 +38,7 @@ def test_benchmark_reports_all_figures(tmp_path, capsys):
                 "peak RSS"):
         assert row in printed
     figures = json.loads(out.read_text())
+    assert printed.startswith(figures["machine"]["cpu"]["model"])        # every figure names its CPU
     assert figures["replay"]["bytes_per_transition"] == 4 * 4 + 1 + 4 + 1  # float32[4] obs + action + reward + flags
     for key in ("env_steps_per_s", "learner_updates_per_s", "train_steps_per_s", "peak_rss_bytes"):
         assert figures[key] > 0
