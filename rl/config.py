@@ -102,8 +102,9 @@ class TrainConfig:
     reset_every: int = setting(0, "gradient updates between re-initialisations of the Q head, the layers after the "
                                   "encoder (Nikishin et al. 2022); 0 = never", low=0)
     eval_ema: float = setting(0.0, "evaluation plays a running average of the online weights, moved this far toward "
-                                   "them after every update (Polyak averaging; 0 = play the online weights)",
-                              low=0.0, high=1.0)
+                                   "them after every update (Polyak averaging; 0 = play the online weights; "
+                                   "switched on by a resume, it starts from the online weights)",
+                              low=0.0, high=1.0, resumable=True)
     optimizer: str = setting("adam", "optimizer name from rl.registry", choices=_optimizer_choices)
     optimizer_kwargs: dict = setting(None, "extra optimizer options, e.g. {eps = 1.5e-4}", factory=dict)
     learning_rate: float = setting(1e-4, "optimizer step size", low=0.0, low_open=True)

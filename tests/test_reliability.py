@@ -88,6 +88,23 @@ def test_a_resume_writes_its_changes_into_config_toml_so_later_resumes_keep_them
     assert "config.toml now keeps" not in capsys.readouterr().err
 
 
+def test_a_resume_can_switch_on_the_evaluation_average_without_touching_learning(tmp_path, capsys):
+    """eval_ema is resumable: learning never reads the average, so the run's weights and updates are those of a
+    run resumed without it, and the average starts from the online weights at the resume."""
+    base = ["--preset", "cartpole", "--total-steps", "2000", "--learning-starts", "500", "--no-progress",
+            "--target-return", "0", "--torch-threads", "1"]
+    for name in ("plain", "averaged"):
+        assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / name), "--stop-at", "1000"]) == 0
+    assert run_cli(train_cli.main, ["--resume", str(tmp_path / "plain"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert run_cli(train_cli.main, ["--resume", str(tmp_path / "averaged"), "--no-progress", "--eval-ema", "0.5"]) == 0
+    assert "eval_ema = 0.5 (was 0.0)" in capsys.readouterr().err
+    plain, averaged = weights(tmp_path / "plain"), weights(tmp_path / "averaged")
+    assert_same_weights(plain, averaged)
+    assert "average" not in plain and not all(torch.equal(averaged["average"][k], averaged["q"][k])
+                                             for k in averaged["q"])
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "scripts.train", "--preset", "cartpole", "--no-progress",
