@@ -91,10 +91,10 @@ def test_a_resume_writes_its_changes_into_config_toml_so_later_resumes_keep_them
 def test_a_resume_can_switch_on_the_evaluation_average_without_touching_learning(tmp_path, capsys):
     """eval_ema is resumable: learning never reads the average, so the run's weights and updates are those of a
     run resumed without it, and the average starts from the online weights at the resume."""
-    base = ["--preset", "cartpole", "--total-steps", "2000", "--learning-starts", "500", "--no-progress",
+    base = ["--preset", "cartpole", "--total-steps", "1200", "--learning-starts", "400", "--no-progress",
             "--target-return", "0", "--torch-threads", "1"]
     for name in ("plain", "averaged"):
-        assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / name), "--stop-at", "1000"]) == 0
+        assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / name), "--stop-at", "800"]) == 0
     assert run_cli(train_cli.main, ["--resume", str(tmp_path / "plain"), "--no-progress"]) == 0
     capsys.readouterr()
     assert run_cli(train_cli.main, ["--resume", str(tmp_path / "averaged"), "--no-progress", "--eval-ema", "0.5"]) == 0
