@@ -41,6 +41,7 @@ class RunCurve:
     train_return: np.ndarray    # mean raw score of the RECENT_GAMES training games ended by each evaluation; NaN: none
     train_sd: np.ndarray        # their sd over games (population std)
     train_games: np.ndarray     # how many games that is (fewer than RECENT_GAMES early on)
+    averaged: np.ndarray        # bool: the evaluation played the weight average (eval_ema), not the online weights
 
     @property
     def untimed(self) -> int:
@@ -61,6 +62,7 @@ class GroupCurve:
     high: np.ndarray
     hours: np.ndarray           # mean over runs of their wall times at these steps (NaN where any lacks one)
     train_return: np.ndarray    # mean over runs of their training returns at these steps (NaN where any lacks one)
+    averaged: np.ndarray        # bool: some run's evaluation at that step played its weight average
 
     @property
     def spread(self) -> str:
@@ -119,9 +121,10 @@ def read_curve(run_dir: Path, evals: Sequence[Mapping[str, Any]] | None = None) 
 
     step = column("step")
     train_return, train_sd, train_games = training_return_at(*read_training_returns(run_dir), step)
+    averaged = np.array([str(r.get("weights", "online")).startswith("average") for r in evals], bool)
     return RunCurve(path=run_dir, preset=preset, config=config, step=step, mean=column("mean"),
                     std=column("std", 0.0), hours=column("wall_time") / 3600, train_return=train_return,
-                    train_sd=train_sd, train_games=train_games)
+                    train_sd=train_sd, train_games=train_games, averaged=averaged)
 
 
 def setting_key(config: Mapping[str, Any]) -> str:
@@ -166,8 +169,9 @@ def group_runs(curves: Sequence[RunCurve]) -> list[GroupCurve]:
             low, high = means.min(axis=0), means.max(axis=0)
         hours = np.stack([r.hours[i] for r, i in zip(runs, index)]).mean(axis=0)
         train_return = np.stack([r.train_return[i] for r, i in zip(runs, index)]).mean(axis=0)
+        averaged = np.stack([r.averaged[i] for r, i in zip(runs, index)]).any(axis=0)
         result.append(GroupCurve(label=label, runs=tuple(runs), step=shared, mean=mean, low=low, high=high,
-                                 hours=hours, train_return=train_return))
+                                 hours=hours, train_return=train_return, averaged=averaged))
     return result
 
 
@@ -201,12 +205,17 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
         by_step.plot(group.step, group.mean, color=colour, marker="o", markersize=3, label=group.legend)
         by_step.fill_between(group.step, group.low, group.high, color=colour, alpha=0.2, linewidth=0)
         by_step.plot(group.step, group.train_return, color=colour, linestyle="--", linewidth=1)
+        by_step.plot(group.step[group.averaged], group.mean[group.averaged], color=colour, linestyle="none",
+                     marker="o", markersize=7, markerfacecolor="white")
         timed = ~np.isnan(group.hours)
         if timed.any():
             by_time.plot(group.hours[timed], group.mean[timed], color=colour, marker="o", markersize=3)
             by_time.fill_between(group.hours[timed], group.low[timed], group.high[timed], color=colour, alpha=0.2,
                                  linewidth=0)
             by_time.plot(group.hours[timed], group.train_return[timed], color=colour, linestyle="--", linewidth=1)
+            hollow = timed & group.averaged
+            by_time.plot(group.hours[hollow], group.mean[hollow], color=colour, linestyle="none", marker="o",
+                         markersize=7, markerfacecolor="white")
     by_step.set_xlabel("agent steps")
     by_step.xaxis.set_major_formatter(EngFormatter())
     by_step.set_ylabel("return (raw game score)")
@@ -214,8 +223,9 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
+    hollow = "; hollow: evaluations of the weight average (eval_ema)" if any(g.averaged.any() for g in groups) else ""
     fig.suptitle(f"evaluation: mean over seeds, band min-max over seeds (sd over games for a single run); dashed: "
-                 f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds",
-                 fontsize="medium")
+                 f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds"
+                 f"{hollow}", fontsize="medium")
     fmt = path.suffix.lstrip(".").lower()
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))

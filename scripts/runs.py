@@ -31,8 +31,8 @@ from rl.logging import RECENT_GAMES, process_alive, read_evaluations, read_sessi
 
 COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time",
            "steps/s", "left", "status")
-EVAL_COLUMNS = ("step", "wall time (s)", "eval games", "epsilon", "eval mean", "eval sd", "eval median", "train mean",
-                "train sd", "train games")         # --evals
+EVAL_COLUMNS = ("step", "wall time (s)", "eval games", "epsilon", "weights", "eval mean", "eval sd", "eval median",
+                "train mean", "train sd", "train games")         # --evals
 
 
 def build_parser() -> ArgumentParser:
@@ -173,6 +173,7 @@ def evaluations(run_dir: Path) -> str:
             "wall time (s)": f"{record['wall_time']:,.0f}" if "wall_time" in record else "-",
             "eval games": str(record.get("episodes", "?")),
             "epsilon": format(record.get("protocol", {}).get("epsilon", "?")),
+            "weights": record.get("weights", "online").split(" ")[0],        # online, or average (eval_ema X)
             "eval mean": f"{record['mean']:.2f}",
             "eval sd": f"{record.get('std', 0.0):.2f}",
             "eval median": f"{record['median']:.1f}" if "median" in record else "-",
@@ -180,8 +181,9 @@ def evaluations(run_dir: Path) -> str:
             "train sd": "-" if math.isnan(spread) else f"{spread:.2f}",
             "train games": str(curve.train_games[i]),
         })
-    legend = (f"eval: its own games; train: the last {RECENT_GAMES} training games ended by that step (exploring); "
-              f"sd: over games (population std); * = saved as best.pt")
+    legend = (f"eval: its own games, played by the online weights or their running average (eval_ema); train: the "
+              f"last {RECENT_GAMES} training games ended by that step (exploring); sd: over games (population std); "
+              f"* = saved as best.pt")
     return f"{head}; {legend}\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS)
 
 
