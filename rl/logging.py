@@ -191,9 +191,12 @@ def read_sessions(run_dir: Path) -> list[int]:
                 break
         return 0
 
-    # file names hold their creation time: events.out.tfevents.<unix seconds>.<host>.<pid>.<n>
-    files = sorted(Path(run_dir).glob("events.out.tfevents.*"), key=lambda p: (int(p.name.split(".")[3]), p.name))
-    return [started(path) for path in files]
+    def created(path: Path) -> tuple[int, str]:
+        """events.out.tfevents.<unix seconds>.<host>.<pid>.<n>: the creation time, then the name."""
+        stamp = path.name.split(".")[3]
+        return (int(stamp) if stamp.isdigit() else 0), path.name
+
+    return [started(path) for path in sorted(Path(run_dir).glob("events.out.tfevents.*"), key=created)]
 
 
 def read_training_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
