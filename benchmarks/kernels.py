@@ -1,7 +1,8 @@
 """The learner's hot kernels against what they replaced, Breakout-shaped (Nature CNN, batch 32), interleaved
 in one process: the optimizer step (torch's CPU default, a per-tensor loop, against the foreach and fused
-kernels the registry picks) and DrQ's random shift (one flat gather on uint8 against two gathers, and
-against DrQ-v2's replicate-pad + grid_sample on floats).
+kernels the registry picks), DrQ's random shift (one flat gather on uint8 against two gathers, and
+against DrQ-v2's replicate-pad + grid_sample on floats), and a bf16 update (forward, TD-style loss, backward)
+with the Q head's output layer in float32, as the networks compute it, against the same layer in bf16.
 
     python -m benchmarks.kernels                  # 1 torch thread, 25 rounds
     python -m benchmarks.kernels --torch-threads 2 --json out.json
@@ -12,6 +13,7 @@ result as the one in use (same parameters after a step; the same shifted pixels,
 """
 from __future__ import annotations
 
+import copy
 import statistics
 from argparse import ArgumentParser
 from typing import Callable
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import machine, machine_line, per_call_ms, write_json
-from rl.networks import make_q_network, random_shift
+from rl.networks import QNetwork, make_q_network, random_shift
 
 PAD = 4
 
@@ -51,6 +53,24 @@ def drawn_shift(batch: int, seed: int) -> torch.Tensor:
     """The shifts random_shift draws from a generator seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 2 * PAD + 1, (batch, 2), generator=g) - PAD
+
+
+class Bf16OutputLayer(QNetwork):
+    """The Q network as it was before its output layer kept float32 under bf16 autocast."""
+
+    @staticmethod
+    def _stream(stream: torch.nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        return stream(h)
+
+
+def bf16_update(net: torch.nn.Module, obs: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    """Forward, MSE against ``target`` and backward under bf16 autocast: the update less the optimizer step."""
+    def update() -> None:
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q = net(obs)
+        F.mse_loss(q.float(), target).backward()
+    return update
 
 
 def optimizers(params_for: Callable[[], list[torch.Tensor]]) -> dict[str, torch.optim.Optimizer]:
@@ -115,12 +135,26 @@ def main(argv=None) -> int:
         "pad_grid_sample_float": lambda: pad_grid_sample(obs.float(), drawn_shift(B, 2)),
     }, args.rounds, args.calls), "flat_gather_uint8")
 
+    # bf16 update: the output layer in float32 (as the networks compute it) against the layer in bf16
+    torch.manual_seed(0)
+    fp32_head = make_q_network("nature_cnn", (4, 84, 84), 4)
+    bf16_head = Bf16OutputLayer(copy.deepcopy(fp32_head.encoder), 4, 512)
+    bf16_head.load_state_dict(fp32_head.state_dict())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fp32_head(obs).dtype == torch.float32 and not torch.equal(fp32_head(obs), bf16_head(obs).float()), \
+            "the two output layers compute alike"
+    target = torch.randn(B, 4)
+    head_times = summary(interleaved({"output_layer_float32": bf16_update(fp32_head, obs, target),
+                                      "output_layer_bf16": bf16_update(bf16_head, obs, target)},
+                                     args.rounds, max(1, args.calls // 4)), "output_layer_bf16")
+
     out = {**machine(), "batch_size": B, "rounds": args.rounds,
-           "adam_step_nature_cnn": step_times, "random_shift": shift_times}
+           "adam_step_nature_cnn": step_times, "random_shift": shift_times, "bf16_update": head_times}
     print(machine_line(out))
     print(f"medians of {args.rounds} interleaved rounds of {args.calls} calls")
     for title, figures in (("Adam step, Nature CNN (1.7M parameters)", step_times),
-                           (f"random shift, uint8[{B}, 4, 84, 84] -> float", shift_times)):
+                           (f"random shift, uint8[{B}, 4, 84, 84] -> float", shift_times),
+                           (f"bf16 update less the optimizer step, Nature CNN, batch {B}", head_times)):
         print(title)
         for name, f in figures.items():
             ratio = next(v for k, v in f.items() if k.startswith("over_"))

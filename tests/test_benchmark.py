@@ -19,10 +19,11 @@ def test_kernel_benchmark_checks_its_variants_and_reports_them(tmp_path, capsys)
     out = tmp_path / "kernels.json"
     assert kernels.main(["--rounds", "1", "--calls", "1", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
-    steps, shifts = figures["adam_step_nature_cnn"], figures["random_shift"]
+    steps, shifts, heads = figures["adam_step_nature_cnn"], figures["random_shift"], figures["bf16_update"]
     assert set(steps) == {"per_tensor_loop", "foreach", "fused"}
     assert set(shifts) == {"flat_gather_uint8", "two_gathers_uint8", "pad_grid_sample_float"}
-    for f in [*steps.values(), *shifts.values()]:
+    assert set(heads) == {"output_layer_float32", "output_layer_bf16"}
+    for f in [*steps.values(), *shifts.values(), *heads.values()]:
         assert f["ms"] > 0 and next(v for k, v in f.items() if k.startswith("over_")) > 0
     assert figures["cpu"]["model"] in capsys.readouterr().out        # every figure names its CPU
 
