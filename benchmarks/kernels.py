@@ -2,9 +2,11 @@
 in one process: the optimizer step (torch's CPU default, a per-tensor loop, against the foreach and fused
 kernels the registry picks), DrQ's random shift (one flat gather on uint8 against two gathers, and
 against DrQ-v2's replicate-pad + grid_sample on floats), and a bf16 update (forward, TD-style loss, backward)
-with the Q head's output layer in float32, as the networks compute it, against the same layer in bf16.
+with the Q head's output layer in float32, as the networks compute it, against the same layer in bf16; with
+``--compile``, also an fp32 update with the encoder compiled (the ``compile`` switch) against eager.
 
     python -m benchmarks.kernels                  # 1 torch thread, 25 rounds
+    python -m benchmarks.kernels --compile        # + torch.compile (a one-off compile; needs a C++ compiler)
     python -m benchmarks.kernels --torch-threads 2 --json out.json
 
 The variants alternate in short rounds, so load from other processes hits them alike; a time is the median
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
 from argparse import ArgumentParser
 from typing import Callable
 
@@ -63,11 +66,13 @@ class Bf16OutputLayer(QNetwork):
         return stream(h)
 
 
-def bf16_update(net: torch.nn.Module, obs: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
-    """Forward, MSE against ``target`` and backward under bf16 autocast: the update less the optimizer step."""
+def update_less_step(net: torch.nn.Module, obs: torch.Tensor, target: torch.Tensor,
+                     bf16: bool = True) -> Callable[[], None]:
+    """Forward (under bf16 autocast, or fp32), MSE against ``target`` and backward: the update less the
+    optimizer step."""
     def update() -> None:
         net.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             q = net(obs)
         F.mse_loss(q.float(), target).backward()
     return update
@@ -98,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds; figures are medians")
     parser.add_argument("--calls", type=int, default=20, help="calls per round and variant")
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time an fp32 update with the encoder compiled against eager")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
@@ -144,17 +151,34 @@ def main(argv=None) -> int:
         assert fp32_head(obs).dtype == torch.float32 and not torch.equal(fp32_head(obs), bf16_head(obs).float()), \
             "the two output layers compute alike"
     target = torch.randn(B, 4)
-    head_times = summary(interleaved({"output_layer_float32": bf16_update(fp32_head, obs, target),
-                                      "output_layer_bf16": bf16_update(bf16_head, obs, target)},
+    head_times = summary(interleaved({"output_layer_float32": update_less_step(fp32_head, obs, target),
+                                      "output_layer_bf16": update_less_step(bf16_head, obs, target)},
                                      args.rounds, max(1, args.calls // 4)), "output_layer_bf16")
+    sections = [("Adam step, Nature CNN (1.7M parameters)", "adam_step_nature_cnn", step_times),
+                (f"random shift, uint8[{B}, 4, 84, 84] -> float", "random_shift", shift_times),
+                (f"bf16 update less the optimizer step, Nature CNN, batch {B}", "bf16_update", head_times)]
 
-    out = {**machine(), "batch_size": B, "rounds": args.rounds,
-           "adam_step_nature_cnn": step_times, "random_shift": shift_times, "bf16_update": head_times}
+    compile_s = None
+    if args.compile:    # the encoder compiled in place, as compile = true does
+        eager = make_q_network("nature_cnn", (4, 84, 84), 4)
+        compiled = copy.deepcopy(eager)
+        compiled.encoder.compile()
+        start = time.perf_counter()
+        with torch.no_grad():
+            assert torch.allclose(eager(obs), compiled(obs), atol=1e-4), "the compiled encoder computes otherwise"
+        update_less_step(compiled, obs, target, bf16=False)()
+        compile_s = time.perf_counter() - start
+        compile_times = summary(interleaved({"eager": update_less_step(eager, obs, target, bf16=False),
+                                             "compiled": update_less_step(compiled, obs, target, bf16=False)},
+                                            args.rounds, max(1, args.calls // 4)), "eager")
+        sections.append((f"fp32 update less the optimizer step, encoder compiled (first call {compile_s:.1f} s)",
+                         "compile", compile_times))
+
+    out = {**machine(), "batch_size": B, "rounds": args.rounds, "compile_first_call_s": compile_s,
+           **{key: figures for _, key, figures in sections}}
     print(machine_line(out))
     print(f"medians of {args.rounds} interleaved rounds of {args.calls} calls")
-    for title, figures in (("Adam step, Nature CNN (1.7M parameters)", step_times),
-                           (f"random shift, uint8[{B}, 4, 84, 84] -> float", shift_times),
-                           (f"bf16 update less the optimizer step, Nature CNN, batch {B}", head_times)):
+    for title, _, figures in sections:
         print(title)
         for name, f in figures.items():
             ratio = next(v for k, v in f.items() if k.startswith("over_"))
