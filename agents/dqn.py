@@ -169,11 +169,11 @@ class DQNAgent:
         return self.q if self.average is None else self.average
 
     @contextlib.contextmanager
-    def player(self, seed: int) -> Iterator[EpsilonGreedy]:
-        """An acting copy for evaluation: it plays :meth:`evaluation_net` in eval mode with its own RNG from
-        ``seed``, so evaluating in the middle of training never moves the training's exploration stream; the
-        net's train/eval mode is restored on exit."""
-        net = self.evaluation_net()
+    def player(self, seed: int, online: bool = False) -> Iterator[EpsilonGreedy]:
+        """An acting copy for evaluation: it plays :meth:`evaluation_net` (the online net if ``online``) in eval
+        mode with its own RNG from ``seed``, so evaluating in the middle of training never moves the training's
+        exploration stream; the net's train/eval mode is restored on exit."""
+        net = self.q if online else self.evaluation_net()
         training = net.training
         net.eval()
         try:

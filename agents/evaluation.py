@@ -70,13 +70,13 @@ def evaluate(agent, env: VecEnv, episodes: int, epsilon: float,
 
 def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: float, seed: int, num_envs: int,
          video: Path | None = None, video_episodes: int | None = None,
-         on_game: Callable[[float, int], None] | None = None) -> dict[str, Any]:
+         on_game: Callable[[float, int], None] | None = None, online: bool = False) -> dict[str, Any]:
     """Evaluate ``agent_for(env)`` on a fresh env (``evaluation=True``, its own ``seed``), optionally
     filming the first ``video_episodes`` games (default: all) to ``video``.
 
     The agent plays through its acting copy (``DQNAgent.player``): the weights evaluations play (the online
-    net, or the run's weight average) in eval mode, with an RNG of its own from ``seed``, so evaluating in
-    the middle of training never moves the training's exploration stream.
+    net, or the run's weight average; the online net if ``online``) in eval mode, with an RNG of its own from
+    ``seed``, so evaluating in the middle of training never moves the training's exploration stream.
     """
     from envs import make_env
 
@@ -93,9 +93,9 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
             cleanup.callback(recorder.close)               # drops the scratch files if play fails
             env = FilmedEnv(env, camera, recorder)
         agent = agent_for(env)
-        player = cleanup.enter_context(agent.player(seed))
+        player = cleanup.enter_context(agent.player(seed, online=online))
         results = evaluate(player, env, episodes, epsilon, on_game)
-        results["weights"] = weights_played(agent.cfg)
+        results["weights"] = "online" if online else weights_played(agent.cfg)
         if recorder is not None:
             frames = recorder.save()
             results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}

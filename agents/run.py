@@ -44,6 +44,8 @@ from rl.logging import RECENT_GAMES, Logger, Progress, RateMeter, process_identi
 from rl.replay import ReplayBuffer
 
 EVAL_SEED_OFFSET = 10_000          # evaluation games never share seeds with the run's training games
+# what evaluations.jsonl keeps of the online weights' play beside the average's (eval_online)
+ONLINE_FIGURES = ("mean", "std", "median", "min", "max", "episodes", "returns", "lengths", "human_normalized")
 HEARTBEAT_SECONDS = 30.0           # how often a running run brings run.json up to date (rl-runs reads it)
 TENSORBOARD_VIDEO_SECONDS = 20     # TensorBoard gets the start of the filmed game; RUN_DIR/videos all of it
 
@@ -312,6 +314,10 @@ class Run:
                            seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, video=video, video_episodes=1)
             results["step"] = self.step
             results["wall_time"] = wall_time
+            if cfg.eval_ema > 0 and cfg.eval_online:      # the same seeds (env, exploration) by the online weights
+                online = play(lambda env: self.agent, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon,
+                              seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, online=True)
+                results["online"] = {k: online[k] for k in ONLINE_FIGURES if k in online}
             results["best"] = results["mean"] > max((r["mean"] for r in read_evaluations(self.run_dir)),
                                                     default=-math.inf)
             if results["best"]:
@@ -329,12 +335,16 @@ class Run:
             raise RunDirError(f"cannot write the evaluation at step {self.step} in {self.run_dir}: "
                               f"{exc.strerror or exc}; earlier checkpoints are intact") from None
         values = {"eval/mean_return": results["mean"], "eval/std_return": results["std"]}
+        if "online" in results:
+            values["eval/online_mean_return"] = results["online"]["mean"]
         if "human_normalized" in results:
             values["eval/human_normalized"] = results["human_normalized"]
         logger.scalars(values, self.step)
         if progress is not None:
             best = ", the best so far: saved as checkpoints/best.pt" if results["best"] else ""
             progress.write(f"eval at step {self.step:,}: {score_line(results)}{best}\n  {protocol_line(results)}")
+            if "online" in results:
+                progress.write(f"  the online weights, the same seeds: {score_line(results['online'])}")
         return results
 
     def reached_target(self, results: dict[str, Any]) -> bool:

@@ -24,7 +24,7 @@ from rl.logging import RECENT_GAMES, read_evaluations, read_training_returns
 # Keys that say where or how often a run wrote things, or which hardware it used, not what it learned;
 # together with the seed they are left out when runs are gathered into settings.
 BOOKKEEPING = frozenset({"seed", "device", "torch_threads", "env_threads", "log_every", "checkpoint_every",
-                         "keep_checkpoints", "save_replay", "eval_video", "actor_max_restarts"})
+                         "keep_checkpoints", "save_replay", "eval_video", "eval_online", "actor_max_restarts"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class RunCurve:
     train_sd: np.ndarray        # their sd over games (population std)
     train_games: np.ndarray     # how many games that is (fewer than RECENT_GAMES early on)
     averaged: np.ndarray        # bool: the evaluation played the weight average (eval_ema), not the online weights
+    online: np.ndarray          # mean return of the online weights on the same seeds (eval_online); NaN: not played
 
     @property
     def untimed(self) -> int:
@@ -63,6 +64,7 @@ class GroupCurve:
     hours: np.ndarray           # mean over runs of their wall times at these steps (NaN where any lacks one)
     train_return: np.ndarray    # mean over runs of their training returns at these steps (NaN where any lacks one)
     averaged: np.ndarray        # bool: some run's evaluation at that step played its weight average
+    online: np.ndarray          # mean over runs of the online weights' return there (NaN where any lacks one)
 
     @property
     def spread(self) -> str:
@@ -122,9 +124,10 @@ def read_curve(run_dir: Path, evals: Sequence[Mapping[str, Any]] | None = None) 
     step = column("step")
     train_return, train_sd, train_games = training_return_at(*read_training_returns(run_dir), step)
     averaged = np.array([str(r.get("weights", "online")).startswith("average") for r in evals], bool)
+    online = np.array([float(r["online"]["mean"]) if "online" in r else math.nan for r in evals])
     return RunCurve(path=run_dir, preset=preset, config=config, step=step, mean=column("mean"),
                     std=column("std", 0.0), hours=column("wall_time") / 3600, train_return=train_return,
-                    train_sd=train_sd, train_games=train_games, averaged=averaged)
+                    train_sd=train_sd, train_games=train_games, averaged=averaged, online=online)
 
 
 def setting_key(config: Mapping[str, Any]) -> str:
@@ -170,8 +173,9 @@ def group_runs(curves: Sequence[RunCurve]) -> list[GroupCurve]:
         hours = np.stack([r.hours[i] for r, i in zip(runs, index)]).mean(axis=0)
         train_return = np.stack([r.train_return[i] for r, i in zip(runs, index)]).mean(axis=0)
         averaged = np.stack([r.averaged[i] for r, i in zip(runs, index)]).any(axis=0)
+        online = np.stack([r.online[i] for r, i in zip(runs, index)]).mean(axis=0)
         result.append(GroupCurve(label=label, runs=tuple(runs), step=shared, mean=mean, low=low, high=high,
-                                 hours=hours, train_return=train_return, averaged=averaged))
+                                 hours=hours, train_return=train_return, averaged=averaged, online=online))
     return result
 
 
@@ -207,6 +211,7 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
         by_step.plot(group.step, group.train_return, color=colour, linestyle="--", linewidth=1)
         by_step.plot(group.step[group.averaged], group.mean[group.averaged], color=colour, linestyle="none",
                      marker="o", markersize=7, markerfacecolor="white")
+        by_step.plot(group.step, group.online, color=colour, linestyle=":", marker="x", markersize=4, linewidth=1)
         timed = ~np.isnan(group.hours)
         if timed.any():
             by_time.plot(group.hours[timed], group.mean[timed], color=colour, marker="o", markersize=3)
@@ -216,6 +221,8 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
             hollow = timed & group.averaged
             by_time.plot(group.hours[hollow], group.mean[hollow], color=colour, linestyle="none", marker="o",
                          markersize=7, markerfacecolor="white")
+            by_time.plot(group.hours[timed], group.online[timed], color=colour, linestyle=":", marker="x",
+                         markersize=4, linewidth=1)
     by_step.set_xlabel("agent steps")
     by_step.xaxis.set_major_formatter(EngFormatter())
     by_step.set_ylabel("return (raw game score)")
@@ -224,6 +231,8 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
     hollow = "; hollow: evaluations of the weight average (eval_ema)" if any(g.averaged.any() for g in groups) else ""
+    if any(not np.isnan(g.online).all() for g in groups):
+        hollow += "; dotted x: the online weights on the same seeds"
     fig.suptitle(f"evaluation: mean over seeds, band min-max over seeds (sd over games for a single run); dashed: "
                  f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds"
                  f"{hollow}", fontsize="medium")

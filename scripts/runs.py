@@ -32,7 +32,7 @@ from rl.logging import RECENT_GAMES, process_alive, read_evaluations, read_sessi
 COLUMNS = ("run", "preset", "env", "steps", "train return", "last eval", "best eval", "best hns", "wall time",
            "steps/s", "left", "status")
 EVAL_COLUMNS = ("step", "wall time (s)", "eval games", "epsilon", "weights", "eval mean", "eval sd", "eval median",
-                "train mean", "train sd", "train games")         # --evals
+                "online mean", "train mean", "train sd", "train games")         # --evals
 
 
 def build_parser() -> ArgumentParser:
@@ -177,11 +177,13 @@ def evaluations(run_dir: Path) -> str:
             "eval mean": f"{record['mean']:.2f}",
             "eval sd": f"{record.get('std', 0.0):.2f}",
             "eval median": f"{record['median']:.1f}" if "median" in record else "-",
+            "online mean": f"{record['online']['mean']:.2f}" if "online" in record else "-",
             "train mean": "-" if math.isnan(trained) else f"{trained:.2f}",
             "train sd": "-" if math.isnan(spread) else f"{spread:.2f}",
             "train games": str(curve.train_games[i]),
         })
-    legend = (f"eval: its own games, played by the online weights or their running average (eval_ema); train: the "
+    legend = (f"eval: its own games, played by the online weights or their running average (eval_ema); online: "
+              f"the online weights on the same seeds, where the average played (eval_online); train: the "
               f"last {RECENT_GAMES} training games ended by that step (exploring); sd: over games (population std); "
               f"* = saved as best.pt")
     return f"{head}; {legend}\n" + table(rows, EVAL_COLUMNS, right=EVAL_COLUMNS)

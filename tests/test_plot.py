@@ -169,17 +169,22 @@ def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(t
     group, = curves.group_runs([curves.read_curve(root / "s1"), curves.read_curve(root / "s2")])
     evaluations = root / "s1" / "evaluations.jsonl"        # a resume switched on the weight average (eval_ema)
     first, second = evaluations.read_text().splitlines()
-    evaluations.write_text(f"{first}\n{json.dumps({**json.loads(second), 'weights': 'average (eval_ema 0.001)'})}\n")
-    assert curves.read_curve(root / "s1").averaged.tolist() == [False, True]
+    averaged = {**json.loads(second), "weights": "average (eval_ema 0.001)", "online": {"mean": 12.5}}
+    evaluations.write_text(f"{first}\n{json.dumps(averaged)}\n")
+    curve = curves.read_curve(root / "s1")
+    assert curve.averaged.tolist() == [False, True]
+    assert np.isnan(curve.online[0]) and curve.online[1] == 12.5     # the online weights on the same seeds
     assert group.train_return.tolist() == [3.0, 4.0]                  # s1: 4, then (4+8)/2; s2: 2, then 2
     assert run_cli(runs_cli.main, ["--evals", str(root / "s1")], prog="rl-runs") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{root / 's1'} (cartpole, seed 1): 2 evaluations")
     assert lines[1].split() == ["step", "wall", "time", "(s)", "eval", "games", "epsilon", "weights", "eval", "mean",
-                                "eval", "sd", "eval", "median", "train", "mean", "train", "sd", "train", "games"]
-    assert lines[2].split() == ["100", "60", "?", "?", "online", "10.00", "2.00", "-", "4.00", "0.00", "1"]
-    assert lines[3].split() == ["200", "7,260", "?", "?", "average", "30.00", "4.00", "-", "6.00", "2.00", "2"]
-    pytest.importorskip("matplotlib")          # the average's evaluations are drawn hollow
+                                "eval", "sd", "eval", "median", "online", "mean", "train", "mean", "train", "sd",
+                                "train", "games"]
+    assert lines[2].split() == ["100", "60", "?", "?", "online", "10.00", "2.00", "-", "-", "4.00", "0.00", "1"]
+    assert lines[3].split() == ["200", "7,260", "?", "?", "average", "30.00", "4.00", "-", "12.50", "6.00", "2.00",
+                                "2"]
+    pytest.importorskip("matplotlib")          # the average's evaluations are drawn hollow, the online dotted
     assert run_cli(runs_cli.main, ["--plot", str(tmp_path / "c.png"), str(root)], prog="rl-runs") == 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -183,8 +183,9 @@ def test_head_reset_restarts_the_average_head_too():
     assert not torch.equal(average["encoder.net.0.weight"], online["encoder.net.0.weight"])
 
 
-@pytest.mark.parametrize("eval_ema", [0.0, 0.5])
-def test_play_uses_the_average_where_the_run_keeps_one(eval_ema):
+@pytest.mark.parametrize("eval_ema, online", [(0.0, False), (0.5, False), (0.5, True)])
+def test_play_uses_the_average_where_the_run_keeps_one(eval_ema, online):
+    """...unless asked for the online weights (eval_online's second play, rl-evaluate --online)."""
     from agents.evaluation import play
 
     cfg = dataclasses.replace(CARTPOLE, eval_ema=eval_ema)
@@ -193,9 +194,9 @@ def test_play_uses_the_average_where_the_run_keeps_one(eval_ema):
     agent.q.register_forward_hook(lambda *_: calls.__setitem__("online", calls["online"] + 1))
     if agent.average is not None:
         agent.average.register_forward_hook(lambda *_: calls.__setitem__("average", calls["average"] + 1))
-    results = play(lambda env: agent, cfg, episodes=2, epsilon=0.0, seed=3, num_envs=1)
-    played = "average" if eval_ema else "online"
-    assert calls[played] > 0 and calls["online" if eval_ema else "average"] == 0
+    results = play(lambda env: agent, cfg, episodes=2, epsilon=0.0, seed=3, num_envs=1, online=online)
+    played = "average" if eval_ema and not online else "online"
+    assert calls[played] > 0 and calls["online" if played == "average" else "average"] == 0
     assert results["weights"].startswith(played)
     assert agent.evaluation_net().training                                # play leaves the net as it found it
 

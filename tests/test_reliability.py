@@ -20,9 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.dqn import DQNAgent
+from agents.evaluation import play, saved_player
+from agents.run import EVAL_SEED_OFFSET
 from rl import checkpoint as ckpt
 from rl.cli import run_cli
 from rl.config import ConfigError, TrainConfig, from_dict, validate_train
+from rl.logging import read_evaluations
 from scripts import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +106,25 @@ def test_a_resume_can_switch_on_the_evaluation_average_without_touching_learning
     assert_same_weights(plain, averaged)
     assert "average" not in plain and not all(torch.equal(averaged["average"][k], averaged["q"][k])
                                              for k in averaged["q"])
+
+
+def test_evaluating_the_online_weights_beside_the_average_leaves_learning_alone(tmp_path, capsys):
+    """eval_online plays the online weights on the average's seeds at every evaluation: the record keeps both,
+    the online figure is the online weights' own score, and the run learns exactly what it learns without it."""
+    base = ["--preset", "cartpole", "--total-steps", "1200", "--learning-starts", "400", "--no-progress",
+            "--target-return", "0", "--torch-threads", "1", "--eval-ema", "0.5", "--eval-every", "600",
+            "--eval-episodes", "3"]
+    assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / "both")]) == 0
+    assert "the online weights, the same seeds: return:" in capsys.readouterr().out
+    assert run_cli(train_cli.main, [*base, "--run-dir", str(tmp_path / "average"), "--no-eval-online"]) == 0
+    assert_same_weights(weights(tmp_path / "both"), weights(tmp_path / "average"))
+    both, average = read_evaluations(tmp_path / "both"), read_evaluations(tmp_path / "average")
+    assert [r["mean"] for r in both] == [r["mean"] for r in average] and "online" not in average[-1]
+    assert both[-1]["weights"].startswith("average") and both[-1]["online"]["episodes"] == 3
+    cfg, agent_for = saved_player(tmp_path / "both" / "checkpoints" / "latest.pt", torch.device("cpu"), online=True)
+    online = play(agent_for, cfg, episodes=3, epsilon=cfg.eval_epsilon, seed=cfg.seed + EVAL_SEED_OFFSET,
+                  num_envs=cfg.num_envs)
+    assert online["returns"] == both[-1]["online"]["returns"]
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
