@@ -159,12 +159,14 @@ def evaluations(run_dir: Path) -> str:
     records = read_evaluations(run_dir)
     curve = curves.read_curve(run_dir, records)          # the same records: a live run may append meanwhile
     seed = curve.config.get("seed")
-    head = f"{run_dir} ({curve.preset or curve.config['env']}, seed {seed}): {plural(len(records), 'evaluation')}"
+    head = (f"{run_dir} ({curve.preset or curve.config['env']}, seed {seed}): {plural(len(records), 'evaluation')}"
+            + ("" if records else " yet"))
     resumes = read_sessions(run_dir)[1:]
     if resumes:
-        head += f"; resumed {plural(len(resumes), 'time')} (at steps {', '.join(f'{s:,}' for s in resumes)})"
+        at = "step" if len(resumes) == 1 else "steps"
+        head += f"; resumed {plural(len(resumes), 'time')} (at {at} {', '.join(f'{s:,}' for s in resumes)})"
     if not records:
-        return head + " yet"
+        return head
     rows = []
     for i, record in enumerate(records):
         trained, spread = curve.train_return[i], curve.train_sd[i]

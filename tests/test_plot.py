@@ -160,6 +160,11 @@ def test_a_resumed_run_counts_each_training_game_once(tmp_path, caplog, capsys):
     assert read_sessions(run) == [0, 20, 50] and read_sessions(tmp_path / "nothing-logged") == []
     assert run_cli(runs_cli.main, ["--evals", str(run)], prog="rl-runs") == 0
     assert "2 evaluations; resumed 2 times (at steps 20, 50);" in capsys.readouterr().out
+    young = make_run(tmp_path / "young", [], games=[(10, 1.0)])      # resumed before its first evaluation
+    time.sleep(1.1)
+    log_games(young, [(30, 3.0)], purge_step=20)
+    assert run_cli(runs_cli.main, ["--evals", str(young)], prog="rl-runs") == 0
+    assert capsys.readouterr().out.endswith("0 evaluations yet; resumed 1 time (at step 20)\n")
 
 
 def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(tmp_path, capsys):
