@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -309,14 +310,14 @@ class Run:
         video = self.run_dir / "videos" / f"eval_step_{self.step}.mp4" if cfg.eval_video else None
         self.tick()
         wall_time = round(self.wall_time, 1)                # when this network was current, for rl-runs --plot
+        played = functools.partial(play, lambda env: self.agent, cfg, episodes=cfg.eval_episodes,
+                                   epsilon=cfg.eval_epsilon, seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs)
         try:
-            results = play(lambda env: self.agent, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon,
-                           seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, video=video, video_episodes=1)
+            results = played(video=video, video_episodes=1)
             results["step"] = self.step
             results["wall_time"] = wall_time
             if cfg.eval_ema > 0 and cfg.eval_online:      # the same seeds (env, exploration) by the online weights
-                online = play(lambda env: self.agent, cfg, episodes=cfg.eval_episodes, epsilon=cfg.eval_epsilon,
-                              seed=cfg.seed + EVAL_SEED_OFFSET, num_envs=cfg.num_envs, online=True)
+                online = played(online=True)
                 results["online"] = {k: online[k] for k in ONLINE_FIGURES if k in online}
             results["best"] = results["mean"] > max((r["mean"] for r in read_evaluations(self.run_dir)),
                                                     default=-math.inf)

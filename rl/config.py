@@ -132,7 +132,7 @@ class TrainConfig:
     target_return: float = setting(0.0, "stop the run once a periodic evaluation's mean return reaches this, "
                                         "like SB3's StopTrainingOnRewardThreshold (0 = never; needs eval_every)", resumable=True)
     eval_online: bool = setting(True, "with eval_ema > 0, each evaluation also plays the online weights on the "
-                                      "same games, for comparison (best.pt follows the average)", resumable=True)
+                                      "same seeds, for comparison (best.pt follows the average)", resumable=True)
     eval_video: bool = setting(False, "film one game per evaluation into RUN_DIR/videos and TensorBoard "
                                       "(needs the video extra)", resumable=True)
     # distributed acting (rl-train --actors N): Ape-X on Ray (Horgan et al. 2018); num_envs is per actor
