@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -233,8 +234,8 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     hollow = "; hollow: evaluations of the weight average (eval_ema)" if any(g.averaged.any() for g in groups) else ""
     if any(not np.isnan(g.online).all() for g in groups):
         hollow += "; dotted x: the online weights on the same seeds"
-    fig.suptitle(f"evaluation: mean over seeds, band min-max over seeds (sd over games for a single run); dashed: "
-                 f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds"
-                 f"{hollow}", fontsize="medium")
+    title = (f"evaluation: mean over seeds, band min-max over seeds (sd over games for a single run); dashed: "
+             f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds{hollow}")
+    fig.suptitle(textwrap.fill(title, width=150), fontsize="medium")      # the figure is 13 inches wide
     fmt = path.suffix.lstrip(".").lower()
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
