@@ -150,3 +150,22 @@ def test_missing_or_empty_dir(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("rl-runs: error: RUN_OR_DIR") and "nope" in err[0]
     assert run_cli(runs_cli.main, [str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"no runs under {tmp_path}"
+
+
+def test_the_readme_breakout_table_is_the_committed_record_of_its_run(capsys):
+    """The second 10M run's evaluation rows in the README are what `rl-runs --evals` prints from the record
+    committed beside it (docs/runs/breakout-10m-s2): every score quoted there can be checked from the repository."""
+    record = ROOT / "docs" / "runs" / "breakout-10m-s2"
+    evaluations = read_evaluations(record)
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- run2-evals: begin -->\n")[1].split("<!-- run2-evals: end -->")[0]
+    rows = [line.split(" | ") for line in block.splitlines() if line.startswith("| ") and "(sd " in line]
+    assert len(rows) == len(evaluations) > 0
+    for cells, evaluation in zip(rows, evaluations):
+        step = evaluation["step"]
+        assert cells[0] == "| " + (f"{step // 1000}k" if step < 1_000_000 else f"{step / 1e6:g}M")
+        assert cells[1] == f"{evaluation['mean']:.2f} (sd {evaluation['std']:.2f})"
+        assert cells[2] == (f"{evaluation['online']['mean']:.2f}" if "online" in evaluation else "-")
+    assert run_cli(runs_cli.main, ["--evals", str(record)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{e['mean']:.2f}" in printed for e in evaluations)
