@@ -1,19 +1,10 @@
-"""What every benchmark script shares: the machine its figures belong to, a per-call timer, the JSON file."""
+"""What every benchmark script shares: the line naming its machine, a per-call timer, the JSON file."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
-import torch
-
-from rl.logging import cpu_info, cpu_line
-
-
-def machine() -> dict:
-    """The fields every benchmark's JSON starts with."""
-    return {"cpu": cpu_info(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average_1min": os.getloadavg()[0]}
+from rl.logging import cpu_line
 
 
 def machine_line(out: dict) -> str:

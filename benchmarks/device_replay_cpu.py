@@ -21,8 +21,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from benchmarks.common import machine, machine_line, per_call_ms, write_json
+from benchmarks.common import machine_line, per_call_ms, write_json
 from rl.device_replay import DevicePrioritizedReplayBuffer, DeviceReplayBuffer
+from rl.logging import machine_info
 from rl.replay import PrioritizedReplayBuffer, ReplayBuffer, ReplaySpec
 
 
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
             for impl, add in enumerate(pair):
                 rounds[name][impl].append(insert_ms(add, steps))
 
-    out = {**machine(), "capacity": args.capacity, "num_envs": N, "batch_size": B,
+    out = {**machine_info(), "capacity": args.capacity, "num_envs": N, "batch_size": B,
            "fill_s_both": fill_s,
            "figures": {k: {"numpy": statistics.median(h), "device_cpu": statistics.median(d),
                            "device_over_numpy": statistics.median(np.divide(d, h))} for k, (h, d) in rounds.items()}}

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import machine, machine_line, per_call_ms, write_json
+from benchmarks.common import machine_line, per_call_ms, write_json
+from rl.logging import machine_info
 from rl.networks import QNetwork, make_q_network, random_shift
 
 PAD = 4
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         sections.append((f"fp32 update less the optimizer step, encoder compiled (first call {compile_s:.1f} s)",
                          "compile", compile_times))
 
-    out = {**machine(), "batch_size": B, "rounds": args.rounds, "compile_first_call_s": compile_s,
+    out = {**machine_info(), "batch_size": B, "rounds": args.rounds, "compile_first_call_s": compile_s,
            **{key: figures for _, key, figures in sections}}
     print(machine_line(out))
     print(f"medians of {args.rounds} interleaved rounds of {args.calls} calls")

@@ -84,6 +84,17 @@ def cpu_info() -> dict[str, Any]:
             "amx": sorted(f for f in flags if f.startswith("amx"))}
 
 
+def machine_info(**overrides: Any) -> dict[str, Any]:
+    """The machine a benchmark's figures belong to, as its JSON records it: platform, CPU (:func:`cpu_info`),
+    torch version and threads, and the load average while it ran; ``overrides`` replace or add fields."""
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "cpu": cpu_info(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], **overrides}
+
+
 def cpu_line(cpu: Mapping[str, Any]) -> str:
     return f"{cpu['model']} ({cpu['cores']} cores, avx512_bf16={cpu['avx512_bf16']}, amx={cpu['amx'] or 'none'})"
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -33,7 +31,7 @@ from rl.cli import (
     run_cli,
 )
 from rl.config import BenchConfig, ConfigError, TrainConfig, from_dict, load_preset
-from rl.logging import cpu_info, cpu_line
+from rl.logging import cpu_line, machine_info
 
 
 def build_parser() -> ArgumentParser:
@@ -347,10 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bound_overlap = min(env_rate, learner_steps)
     bound_serial = 1 / (1 / env_rate + 1 / learner_steps)
     results = {
-        "machine": {"platform": platform.platform(), "cpu": cpu_info(),
-                    "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_average_1min": os.getloadavg()[0]},
+        "machine": machine_info(device=str(device),
+                                cuda=torch.cuda.get_device_name() if device.type == "cuda" else None),
         "config": {"preset": preset, "num_envs": cfg.num_envs, "batch_size": cfg.batch_size,
                    "train_frequency": cfg.train_frequency, "precision": precision},
         "env_steps_per_s": env_rate,
@@ -411,9 +407,7 @@ def checkpoint_main(args, sizes: BenchConfig) -> int:
     if not args.checkpoint.is_file():
         raise ConfigError(f"--checkpoint {str(args.checkpoint)!r} does not exist")
     r = trained_learner(args.checkpoint, sizes.updates, sizes.fill_steps)
-    import torch
-    r["machine"] = {"platform": platform.platform(), "cpu": cpu_info(), "torch": torch.__version__,
-                    "torch_threads": 1, "load_average_1min": os.getloadavg()[0]}
+    r["machine"] = machine_info(torch_threads=1)
     print(f"rl-bench: the learner of {r['checkpoint']} (step {r['step']:,}, {r['env']}, {r['precision']}, one torch "
           f"thread), {r['updates']} updates on {r['frames_played']:,} frames it played", file=sys.stderr)
     print(f"{cpu_line(r['machine']['cpu'])}; torch {r['machine']['torch']}; load average "
