@@ -3,7 +3,8 @@ in one process: the optimizer step (torch's CPU default, a per-tensor loop, agai
 kernels the registry picks), DrQ's random shift (one flat gather on uint8 against two gathers, and
 against DrQ-v2's replicate-pad + grid_sample on floats), and a bf16 update (forward, TD-style loss, backward)
 with the Q head's output layer in float32, as the networks compute it, against the same layer in bf16; with
-``--compile``, also an fp32 update with the encoder compiled (the ``compile`` switch) against eager.
+``--compile``, also an fp32 update and the act forward (8 envs' observations, no grad, argmax) with the encoder
+compiled (the ``compile`` switch) against eager.
 
     python -m benchmarks.kernels                  # 1 torch thread, 25 rounds
     python -m benchmarks.kernels --compile        # + torch.compile (a one-off compile; needs a C++ compiler)
@@ -174,6 +175,15 @@ def main(argv=None) -> int:
                                             args.rounds, max(1, args.calls // 4)), "eager")
         sections.append((f"fp32 update less the optimizer step, encoder compiled (first call {compile_s:.1f} s)",
                          "compile", compile_times))
+        act_obs = obs[:8]                                # uint8[8, 4, 84, 84]: one vector step's observations
+
+        def act(net: torch.nn.Module) -> Callable[[], torch.Tensor]:
+            return lambda: net(act_obs).argmax(1)
+        with torch.no_grad():
+            assert torch.equal(act(eager)(), act(compiled)()), "the compiled encoder acts otherwise"
+            act_times = summary(interleaved({"eager": act(eager), "compiled": act(compiled)},
+                                            args.rounds, args.calls), "eager")
+        sections.append(("fp32 act forward, 8 observations, no grad, encoder compiled", "compile_act", act_times))
 
     out = {**machine_info(), "batch_size": B, "rounds": args.rounds, "compile_first_call_s": compile_s,
            **{key: figures for _, key, figures in sections}}
