@@ -8,6 +8,7 @@ rl-sweep both rebuild a saved agent with :func:`saved_player`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,17 +97,21 @@ def play(agent_for: Callable[[VecEnv], Any], cfg, *, episodes: int, epsilon: flo
         player = cleanup.enter_context(agent.player(seed, online=online))
         results = evaluate(player, env, episodes, epsilon, on_game)
         results["weights"] = "online" if online else weights_played(agent.cfg)
+        results["precision"] = agent.precision
         if recorder is not None:
             frames = recorder.save()
             results["video"] = {"path": str(video), "episodes": len(frames), "frames": frames, "fps": recorder.fps}
     return results
 
 
-def saved_player(path: str | Path, device: torch.device, *, online: bool = False
+def saved_player(path: str | Path, device: torch.device, *, online: bool = False, precision: str | None = None
                  ) -> tuple[TrainConfig, Callable[[VecEnv], DQNAgent]]:
     """The run's config and an agent factory for :func:`play`, from a checkpoint or policy file alone. The agent
-    plays the run's weight average where it kept one, unless ``online``. Raises ``CheckpointError`` naming the file."""
+    plays the run's weight average where it kept one, unless ``online``, in the run's precision unless
+    ``precision``. Raises ``CheckpointError`` naming the file."""
     policy = load_policy(Path(path), device, online)
+    if precision is not None:
+        policy = dataclasses.replace(policy, cfg=dataclasses.replace(policy.cfg, precision=precision))
     return policy.cfg, lambda env: policy.agent(env.obs_shape, env.num_actions, device)
 
 
@@ -132,7 +137,8 @@ def protocol_line(results: dict[str, Any]) -> str:
     p = results["protocol"]
     atari = "game" in p
     line = (f"protocol: {p.get('game') or p.get('gym_id')}, {results['episodes']} full games, "
-            f"epsilon {p['epsilon']}, seed {p['seed']}, {results.get('weights', 'online')} weights")
+            f"epsilon {p['epsilon']}, seed {p['seed']}, {results.get('weights', 'online')} weights"
+            + (f" in {results['precision']}" if "precision" in results else ""))
     if atari:
         line += (f", sticky actions {p['sticky_action_prob']}, at most {p['max_episode_frames']} frames/game, "
                  f"raw (unclipped) score")

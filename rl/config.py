@@ -163,6 +163,9 @@ class EvaluateConfig:
                                   "(eval_ema > 0), which is what plays by default")
     video_episodes: int | None = setting(None, "with a video: film only the first this many games (unset: all)",
                                          low=1)
+    precision: str | None = setting(None, "the network's arithmetic while playing (unset: the run's precision "
+                                          "setting, resolved on this machine as rl-train would; fp32 plays the "
+                                          "same on any machine up to float rounding)", choices=("fp32", "bf16", "auto"))
 
 
 @dataclass

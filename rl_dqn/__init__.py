@@ -134,13 +134,14 @@ def evaluate(checkpoint: str | Path, episodes: int = 30, *, video: str | Path | 
     """Score a checkpoint or policy file as ``rl-evaluate`` does (full games, raw score, the run's eval_epsilon
     unless ``epsilon``) and return the same dict its ``--json`` writes (mean, std, median, min, max, returns,
     protocol, human_normalized on Atari). ``settings`` are rl-evaluate's: epsilon, seed, num_envs, device,
-    online, video_episodes (``rl-evaluate --help``), checked the same way."""
+    online, video_episodes, precision (``rl-evaluate --help``), checked the same way."""
     from agents.dqn import resolve_device
     from agents.evaluation import play_as_set, saved_player
     from rl.config import EvaluateConfig, check_evaluate, from_dict
 
     run = check_evaluate(from_dict(EvaluateConfig, {"episodes": episodes, **settings}), filming=video is not None)
-    cfg, agent_for = saved_player(Path(checkpoint), resolve_device(run.device), online=run.online)
+    cfg, agent_for = saved_player(Path(checkpoint), resolve_device(run.device), online=run.online,
+                                   precision=run.precision)
     results = play_as_set(agent_for, cfg, run, video=None if video is None else Path(video))
     results["checkpoint"] = str(checkpoint)
     if json_path is not None:

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     players = []                         # every file is loaded (and its env checked) before any game is played
     for path in paths:
         try:
-            players.append((path, *saved_player(path, device, online=settings.online)))
+            players.append((path, *saved_player(path, device, online=settings.online, precision=settings.precision)))
         except CheckpointError as exc:
             raise ConfigError(str(exc)) from None
     envs = {cfg.env: path for path, cfg, _ in players}

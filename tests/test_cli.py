@@ -142,6 +142,17 @@ def test_evaluate_several_checkpoints_rejects_what_cannot_be_summarised(pick, ex
     assert not out.exists()
 
 
+def test_evaluate_plays_in_the_precision_asked_and_says_which(seeds, tmp_path, capsys):
+    """Unset, a checkpoint plays in its run's precision (resolved on this machine); --precision overrides it, and
+    the JSON and the protocol line name what played, so a score is never quoted without its arithmetic."""
+    own = evaluate_json([str(seeds[0])], tmp_path / "own.json", capsys)
+    assert own["precision"] == "fp32" and "online weights in fp32" in capsys.readouterr().out
+    bf16 = evaluate_json([str(seeds[0]), "--precision", "bf16"], tmp_path / "bf16.json", capsys)
+    assert bf16["precision"] == "bf16" and "weights in bf16" in capsys.readouterr().out
+    code, err = run_main(evaluate.main, [str(seeds[0]), "--precision", "fp16"], capsys)
+    assert code == 2 and len(err) == 1 and "precision = 'fp16' is not allowed" in err[0]
+
+
 def test_evaluate_several_checkpoints_loads_all_before_playing(seeds, tmp_path, capsys):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a zip at all")
