@@ -23,6 +23,7 @@ from rl.stats import BOOTSTRAP_REPS
 
 EVALUATE_SEED = 12345        # rl-evaluate's default --seed; rl-sweep scores checkpoints with it too
 EVALUATE_ENVS = 8            # rl-evaluate's default --num-envs (fewer when fewer games are played)
+PRECISIONS = ("fp32", "bf16", "auto")   # the network arithmetic rl-train runs and rl-evaluate plays in
 
 
 def _optimizer_choices() -> tuple[str, ...]:
@@ -118,7 +119,7 @@ class TrainConfig:
     torch_threads: int = setting(0, "torch intra-op threads (0 = torch's default)", low=0, high=1024, session=True)
     precision: str = setting("fp32", "network arithmetic: fp32, bf16 autocast (losses and targets stay fp32), or "
                                      "auto = bf16 where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX), "
-                                     "else fp32", choices=("fp32", "bf16", "auto"))
+                                     "else fp32", choices=PRECISIONS)
     channels_last: bool = setting(False, "NHWC memory layout for the CNN (faster convolutions on many CPUs and GPUs)")
     compile: bool = setting(False, "torch.compile the encoder (a one-off compile; on CPU it needs a C++ compiler)")
     log_every: int = setting(1_000, "agent steps between TensorBoard scalar writes", low=1, resumable=True)
@@ -165,7 +166,7 @@ class EvaluateConfig:
                                          low=1)
     precision: str | None = setting(None, "the network's arithmetic while playing (unset: the run's precision "
                                           "setting, resolved on this machine as rl-train would; fp32 plays the "
-                                          "same on any machine up to float rounding)", choices=("fp32", "bf16", "auto"))
+                                          "same on any machine up to float rounding)", choices=PRECISIONS)
 
 
 @dataclass
