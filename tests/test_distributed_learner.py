@@ -41,20 +41,21 @@ def make_trainer(tmp_path, cfg, actors=2, name="run"):
 @pytest.mark.slow
 def test_distributed_cartpole_learns_to_the_solved_line(ray_cluster, tmp_path):
     """The cartpole preset run by two actors (Ape-X epsilons 0.4 and 0.4^8) and a learner solves CartPole:
-    within the preset's 100k steps a periodic evaluation (10 games) reaches 300, which ends the run
+    within the preset's 100k steps a periodic evaluation (10 games) reaches 250, which ends the run
     (target_return), and the network kept as best.pt then scores >= 195 (the classic solved line, the bar
     of the single-process learning tests in test_rainbow.py; an untrained net scores about 10-30) under
     rl-evaluate's own protocol, 20 fresh games at epsilon 0.05.
 
     Not the 500 the single-process preset reaches: the actors' timing makes a distributed run unrepeatable,
     and over 7 full runs here best.pt scored 423-500 (median 464), so a 475 bar would fail CI about half the
-    time. best.pt rather than latest.pt: DQN on CartPole can collapse after solving it (a run scored 500 at
+    time. The stop was at 300 until a CI run's evaluations peaked at 284.70 (70k steps) and the run never stopped.
+    best.pt rather than latest.pt: DQN on CartPole can collapse after solving it (a run scored 500 at
     50k steps and 103 at 100k)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from scripts import evaluate as evaluate_cli
 
-    cfg = cartpole(eval_every=10_000, eval_episodes=10, target_return=300.0)
+    cfg = cartpole(eval_every=10_000, eval_episodes=10, target_return=250.0)
     assert cfg.total_steps == 100_000 and cfg.lr_end_fraction == 0.0   # the preset's own budget and schedule
     assert (cfg.actor_chunk_steps, cfg.weight_sync_every) == (10, 20)  # and its short chunks, frequent syncs
     trainer = make_trainer(tmp_path, cfg)
@@ -64,7 +65,7 @@ def test_distributed_cartpole_learns_to_the_solved_line(ray_cluster, tmp_path):
         trainer.close()
     evaluations = [json.loads(line) for line in (tmp_path / "run/evaluations.jsonl").read_text().splitlines()]
     means = [r["mean"] for r in evaluations]
-    assert means[-1] >= 300 and all(m < 300 for m in means[:-1])        # stopped at the first that reached it
+    assert means[-1] >= 250 and all(m < 250 for m in means[:-1])        # stopped at the first that reached it
     assert evaluations[-1]["step"] == trainer.step
     result = tmp_path / "evaluation.json"
     assert run_cli(evaluate_cli.main, [str(tmp_path / "run/checkpoints/best.pt"), "--episodes", "20",
