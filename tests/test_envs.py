@@ -14,6 +14,7 @@ import pytest
 import tomllib
 import torch
 
+from benchmarks.gymnasium_loop import standard_pipeline
 from envs import make_env
 from envs.base import episode_seed
 from envs.gym import observation_encoding, space_problem
@@ -104,24 +105,11 @@ def test_state_restore_replays_to_the_same_state(cfg, steps, gym_package):
         assert x.finished == y.finished
 
 
-def _standard_pipeline(noop_max: int):
-    """gymnasium's own Atari preprocessing, as Nature, Dopamine and SB3 describe it: frame skip 1
-    underneath, 4 max-pooled frames per step, 84x84 grayscale, a zero-padded stack of 4, whole games."""
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
-    env = gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False)
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
-                                          terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
-    return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
-
-
 def test_breakout_observations_equal_gymnasiums_standard_pipeline():
     """Same seed, same actions: every observation, reward, lost life and game end is identical, over
     two whole games. No-op starts are off on both sides (each library draws their count from its own RNG)."""
     ours = make_env(TrainConfig(env="breakout", num_envs=1, noop_max=0))
-    theirs = _standard_pipeline(noop_max=0)
+    theirs = standard_pipeline("Breakout", noop_max=0)
     obs = ours.reset()
     ref, info = theirs.reset(seed=episode_seed(ours.seed, 0, 0))
     np.testing.assert_array_equal(obs[0], ref)
