@@ -73,3 +73,19 @@ def make_agent(cfg: TrainConfig, obs_shape: Sequence[int], num_actions: int, dev
     q = q_network(cfg, obs_shape, num_actions, device)
     optimizer = make_optimizer(cfg.optimizer, q.parameters(), {**cfg.optimizer_kwargs, "lr": cfg.learning_rate})
     return DQNAgent(cfg, q, optimizer, make_loss(cfg.loss), num_actions=num_actions, device=device, seed=seed)
+
+
+def played_replay(cfg: TrainConfig, agent: DQNAgent, env, steps: int, epsilon: float, seed: int = 0):
+    """A replay holding ``steps`` agent steps (at least one vector step) that ``agent`` plays in ``env`` at
+    ``epsilon``, rewards clipped where the config clips them: batches of the frames a trained agent sees, for
+    benchmarks and diagnostics of a run's learner. ``env`` is left where the play stopped."""
+    replay = make_replay(cfg, replay_spec(cfg, env.obs_shape, env.obs_dtype, env.num_actions, env.frame_stack,
+                                          capacity=max(cfg.batch_size * 4, steps)), seed=seed)
+    obs = env.reset()
+    for _ in range(max(1, steps // cfg.num_envs)):
+        actions = agent.act(obs, epsilon)
+        env.send(actions)
+        out = env.recv()
+        replay.add_step(obs, actions, np.sign(out.reward) if cfg.reward_clip else out.reward, out)
+        obs = out.obs
+    return replay

@@ -9,8 +9,8 @@ What callers use, so that none reaches into the networks or the RNG: ``act`` / `
 ``player(seed)`` (an acting copy for evaluation), ``update`` and ``priorities`` (one TD computation),
 ``set_step`` and ``steps_done`` (the schedules and the hard target sync), ``policy_state_dict`` /
 ``load_policy_weights`` (weights for acting copies elsewhere), ``state_dict`` / ``load_state_dict`` and
-``exploration_state`` / ``load_exploration_state`` (checkpoints), ``q_values``, ``add_graph`` and
-``weights_finite`` (diagnostics).
+``exploration_state`` / ``load_exploration_state`` (checkpoints), ``q_values``, ``loss_gradient``,
+``add_graph`` and ``weights_finite`` (diagnostics).
 """
 from __future__ import annotations
 
@@ -277,16 +277,28 @@ class DQNAgent:
             priority = td_error.abs()
         return per_sample, q_taken, td_error, priority
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient step on ``batch``. Returns detached tensors (no host sync here); ``priority`` is the
-        per-sample |TD error| (or distributional loss) for prioritized replay."""
+    def _loss(self, batch: Batch):
+        """The batch's importance-weighted mean loss (with its graph) and the per-sample terms of _td_terms."""
         obs, action, reward, discount, next_obs, weight = self._to_device(batch)
         if self.cfg.noisy:
             self.q.reset_noise()
             if self.target is not self.q:
                 self.target.reset_noise()
         per_sample, q_taken, td_error, priority = self._td_terms(obs, action, reward, discount, next_obs)
-        loss = (weight * per_sample).mean()                                        # importance-weighted
+        return (weight * per_sample).mean(), q_taken, td_error, priority
+
+    def loss_gradient(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss :meth:`update` would descend on ``batch`` and its gradient over the online weights,
+        flattened [P], in this agent's precision, no step taken (nor any .grad written): for diagnostics such
+        as comparing two precisions' updates on the same weights."""
+        loss = self._loss(batch)[0]
+        grads = torch.autograd.grad(loss, [p for p in self.q.parameters() if p.requires_grad])
+        return loss.detach(), torch.cat([g.flatten() for g in grads])
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on ``batch``. Returns detached tensors (no host sync here); ``priority`` is the
+        per-sample |TD error| (or distributional loss) for prioritized replay."""
+        loss, q_taken, td_error, priority = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.max_grad_norm > 0:

@@ -108,7 +108,7 @@ def trained_learner(path: Path, updates: int, play_steps: int) -> dict:
 
     import torch
 
-    from agents.build import make_agent, make_replay, replay_spec
+    from agents.build import make_agent, played_replay
     from agents.policy import is_policy
     from envs import make_env
     from rl import checkpoint as ckpt
@@ -122,20 +122,12 @@ def trained_learner(path: Path, updates: int, play_steps: int) -> dict:
         raise ConfigError(f"--checkpoint {str(path)!r} is a weights-only policy file (rl-export): it holds no "
                           f"optimizer state; give a training checkpoint (RUN/checkpoints/latest.pt)")
     cfg = from_dict(TrainConfig, payload["config"])
-    cfg = dataclasses.replace(cfg, buffer_size=max(cfg.batch_size * 4, play_steps), device="cpu")
+    cfg = dataclasses.replace(cfg, device="cpu")
     torch.set_num_threads(1)
     env = make_env(cfg)
     agent = make_agent(cfg, env.obs_shape, env.num_actions, torch.device("cpu"))
     agent.load_state_dict(copy.deepcopy(payload["agent"]))
-    replay = make_replay(cfg, replay_spec(cfg, env.obs_shape, env.obs_dtype, env.num_actions, env.frame_stack),
-                         seed=0)
-    obs = env.reset()
-    for _ in range(max(1, play_steps // cfg.num_envs)):
-        actions = agent.act(obs, 0.05)
-        env.send(actions)
-        out = env.recv()
-        replay.add_step(obs, actions, np.sign(out.reward) if cfg.reward_clip else out.reward, out)
-        obs = out.obs
+    replay = played_replay(cfg, agent, env, play_steps, epsilon=0.05)
     env.close()
     batches = [replay.sample(cfg.batch_size) for _ in range(updates + 1)]
     moments = [t for state in payload["agent"]["optimizer"]["state"].values() for t in state.values()

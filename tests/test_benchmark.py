@@ -82,14 +82,21 @@ def test_augmentation_is_timed_only_where_there_are_images_to_shift():
     assert benchmark.augmentation_ms(from_dict(TrainConfig, load_preset("breakout")), (4, 84, 84), np.uint8) is None
 
 
-def test_benchmark_of_a_checkpoint_measures_its_learner_both_ways(tmp_path, capsys):
-    from rl import checkpoint as ckpt
-    from scripts import export, train
-    run_dir = tmp_path / "cp"
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """latest.pt of a 600-step CartPole run (with an optimizer state and a target network)."""
+    from scripts import train
+    run_dir = tmp_path_factory.mktemp("bench") / "cp"
     assert run_cli(train.main, ["--preset", "cartpole", "--total-steps", "600", "--learning-starts", "200",
                                 "--eval-every", "0", "--target-return", "0", "--no-save-replay", "--no-progress",
                                 "--run-dir", str(run_dir)]) == 0
-    latest = run_dir / "checkpoints" / "latest.pt"
+    return run_dir / "checkpoints" / "latest.pt"
+
+
+def test_benchmark_of_a_checkpoint_measures_its_learner_both_ways(trained_checkpoint, tmp_path, capsys):
+    from rl import checkpoint as ckpt
+    from scripts import export
+    latest = trained_checkpoint
     payload = ckpt.load(latest)        # a quarter of one moment tensor made subnormal, as a long run's get
     moments = [t for state in payload["agent"]["optimizer"]["state"].values() for t in state.values()
                if t.is_floating_point() and t.dim() > 0]
@@ -113,3 +120,22 @@ def test_benchmark_of_a_checkpoint_measures_its_learner_both_ways(tmp_path, caps
         assert text in capsys.readouterr().err
     assert run_cli(benchmark.main, ["--checkpoint", str(tmp_path / "policy.pt")]) == 2
     assert "holds no optimizer state" in capsys.readouterr().err
+
+
+def test_precision_fidelity_compares_bf16_with_fp32_on_the_runs_weights(trained_checkpoint, tmp_path, capsys):
+    """bf16 gradients differ from fp32 ones (the two paths really ran) yet point the same way; every figure is
+    reported with its machine, and a policy file (no target network) is refused with one line."""
+    from benchmarks import precision_fidelity
+    from scripts import export
+    out = tmp_path / "fidelity.json"
+    assert run_cli(precision_fidelity.main, [str(trained_checkpoint), "--batches", "4", "--play-steps", "1000",
+                                             "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["step"] == 600 and r["states"] == 4 * r["batch_size"]
+    assert 0 < r["relative_gradient_error"]["median"] < 0.5
+    assert r["cos_bf16_fp32_same_batch"]["min"] > 0.9
+    assert 0 <= r["greedy_disagreement"] <= 1 and -1 <= r["cos_fp32_two_batches"]["median"] <= 1
+    assert r["cpu"]["model"] in capsys.readouterr().out
+    assert run_cli(export.main, [str(trained_checkpoint), str(tmp_path / "policy.pt")]) == 0
+    assert run_cli(precision_fidelity.main, [str(tmp_path / "policy.pt")]) == 2
+    assert "weights-only policy file" in capsys.readouterr().err

@@ -34,6 +34,21 @@ def test_priorities_are_what_an_update_would_give_the_batch(changes):
     np.testing.assert_allclose(priorities, agent.update(batch)["priority"].numpy(), rtol=1e-6)
 
 
+def test_loss_gradient_is_the_gradient_the_update_descends_without_stepping():
+    """The diagnostic the precision benchmark compares: the same loss and gradient update() computes (its
+    .grad before the optimizer step), leaving the weights and the gradients alone."""
+    agent = agent_for(max_grad_norm=0.0)
+    batch = random_batch(np.random.default_rng(1), 16)
+    before = {k: v.clone() for k, v in agent.policy_state_dict().items()}
+    loss, grad = agent.loss_gradient(batch)
+    assert all(torch.equal(v, agent.policy_state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in agent.q.parameters())
+    metrics = agent.update(batch)
+    assert torch.allclose(loss, metrics["td_loss"])
+    assert torch.allclose(grad, torch.cat([p.grad.flatten() for p in agent.q.parameters()]))
+    assert not all(torch.equal(v, agent.policy_state_dict()[k]) for k, v in before.items())
+
+
 def test_priorities_never_augment():
     """DrQ's random shift is for learning only (and would draw from torch's RNG)."""
     cfg = dataclasses.replace(CARTPOLE, network="nature_cnn", env="breakout", augmentation=True)
