@@ -101,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
            "relative_gradient_error": quantiles([float((a - b).norm() / b.norm()) for a, b in zip(g16, g32)]),
            "relative_loss_difference": quantiles([float((a - b).abs() / b) for a, b in zip(l16, l32)]),
            **greedy_figures(agents, states), "seconds": time.perf_counter() - start}
-    same, two = out["cos_bf16_fp32_same_batch"], out["cos_fp32_two_batches"]
     print(f"{args.checkpoint} (step {out['step']}, {cfg.env}), {args.batches} batches of {cfg.batch_size} from "
           f"{args.play_steps:,} agent steps it played at epsilon 0.05 (median [5th, 95th percentile]):")
-    print(f"  cosine, bf16 vs fp32 gradient of the same batch   {same['median']:.4f} [{same['p5']:.4f}, {same['p95']:.4f}]")
-    print(f"  cosine, fp32 gradients of two different batches   {two['median']:.4f} [{two['p5']:.4f}, {two['p95']:.4f}]")
-    err, dl = out["relative_gradient_error"], out["relative_loss_difference"]
-    print(f"  |g_bf16 - g_fp32| / |g_fp32|                       {err['median']:.4f} [{err['p5']:.4f}, {err['p95']:.4f}]")
-    print(f"  |loss_bf16 - loss_fp32| / loss_fp32                {dl['median']:.4f} [{dl['p5']:.4f}, {dl['p95']:.4f}]")
+    for key, label in (("cos_bf16_fp32_same_batch", "cosine, bf16 vs fp32 gradient of the same batch"),
+                       ("cos_fp32_two_batches", "cosine, fp32 gradients of two different batches"),
+                       ("relative_gradient_error", "|g_bf16 - g_fp32| / |g_fp32|"),
+                       ("relative_loss_difference", "|loss_bf16 - loss_fp32| / loss_fp32")):
+        q = out[key]
+        print(f"  {label:<50} {q['median']:.4f} [{q['p5']:.4f}, {q['p95']:.4f}]")
     print(f"  greedy action differs on {out['greedy_disagreement']:.2%} of {out['states']:,} states (fp32: median "
           f"best Q {out['q_best_median']:.3f}, median gap to the second best {out['q_gap_median']:.4f})")
     print(f"  {out['seconds']:.0f} s; {machine_line(out)}")
