@@ -12,6 +12,7 @@ from torch import nn
 
 from agents.dqn import DQNAgent
 from envs import check_config
+from envs.base import VecEnv
 from rl.config import TrainConfig, validate_train
 from rl.device_replay import DevicePrioritizedReplayBuffer, DeviceReplayBuffer
 from rl.networks import q_network_for, use_channels_last
@@ -75,7 +76,8 @@ def make_agent(cfg: TrainConfig, obs_shape: Sequence[int], num_actions: int, dev
     return DQNAgent(cfg, q, optimizer, make_loss(cfg.loss), num_actions=num_actions, device=device, seed=seed)
 
 
-def played_replay(cfg: TrainConfig, agent: DQNAgent, env, steps: int, epsilon: float, seed: int = 0):
+def played_replay(cfg: TrainConfig, agent: DQNAgent, env: VecEnv, steps: int, epsilon: float,
+                  seed: int = 0) -> ReplayBuffer | DeviceReplayBuffer:
     """A replay holding ``steps`` agent steps (at least one vector step) that ``agent`` plays in ``env`` at
     ``epsilon``, rewards clipped where the config clips them: batches of the frames a trained agent sees, for
     benchmarks and diagnostics of a run's learner. ``env`` is left where the play stopped."""
