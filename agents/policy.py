@@ -94,12 +94,13 @@ def is_policy_file(path: Path) -> bool:
         return False
 
 
-def load_training_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint to resume training from; a policy file is refused, since it holds no optimizer,
-    replay, counters or RNG states."""
+def load_training_checkpoint(path: Path, device: torch.device | str = "cpu", use: str = "be resumed") -> dict[str, Any]:
+    """A run's own checkpoint, with what only training keeps (to resume from, or to study its learner); a
+    policy file is refused, since it holds no optimizer state, target network, counters or RNG states. The
+    refusal says the file "cannot <use>"."""
     payload = ckpt.load(path, map_location=device)
     if is_policy(payload):
         raise ckpt.CheckpointError(f"checkpoint {str(path)!r} is a weights-only policy file (rl-export) and cannot "
-                                   f"be resumed: it holds no optimizer, counters or RNG states; resume from the "
-                                   f"run's own checkpoints")
+                                   f"{use}: it holds no optimizer state, target network, counters or RNG states; "
+                                   f"give the run's own checkpoints (RUN/checkpoints/latest.pt)")
     return payload

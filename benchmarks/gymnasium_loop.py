@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = summarize(returns)
     out = {**machine_info(), "checkpoint": args.checkpoint, "game": args.game, "episodes": args.episodes,
            "epsilon": args.epsilon, "seed": args.seed, "online": args.online, "precision": precision,
-           "seconds": seconds,
-           "returns": returns, "lengths": lengths, "mean": float(np.mean(returns)),
+           "seconds": seconds, "returns": returns, "lengths": lengths, "mean": float(np.mean(returns)),
            "std": float(np.std(returns)), "median": float(np.median(returns)), "min": min(returns),
            "max": max(returns), "iqm_over_games": stats}
     print(f"{args.checkpoint} in gymnasium's own pipeline (ALE/{args.game}-v5 + AtariPreprocessing + "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import sys
 import time
 from argparse import ArgumentParser
@@ -56,7 +57,7 @@ def greedy_figures(agents: dict, states: np.ndarray) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from agents.build import make_agent, played_replay
-    from agents.policy import is_policy
+    from agents.policy import load_training_checkpoint
     from envs import make_env
     from rl import checkpoint as ckpt
 
@@ -71,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--batches {args.batches} / --play-steps {args.play_steps}: need batches >= 2 and "
                           f"play-steps >= 1000")
     try:
-        payload = ckpt.load(args.checkpoint)
+        payload = load_training_checkpoint(args.checkpoint, use="have its precisions compared")
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    if is_policy(payload):
-        raise ConfigError(f"{args.checkpoint!r} is a weights-only policy file (rl-export): it holds no target "
-                          f"network; give a training checkpoint (RUN/checkpoints/latest.pt)")
     torch.set_num_threads(args.torch_threads)
     cfg = dataclasses.replace(from_dict(TrainConfig, payload["config"]), device="cpu")
     env = make_env(cfg)
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {**machine_info(), "checkpoint": args.checkpoint, "step": ckpt.decode_meta(payload["meta"]).get("step"),
            "env": cfg.env, "batch_size": cfg.batch_size, "batches": args.batches, "play_steps": args.play_steps,
            "cos_bf16_fp32_same_batch": quantiles([cosine(a, b) for a, b in zip(g16, g32)]),
-           "cos_fp32_two_batches": quantiles([cosine(a, b) for a, b in zip(g32, g32[1:])]),
+           "cos_fp32_two_batches": quantiles([cosine(a, b) for a, b in itertools.pairwise(g32)]),
            "relative_gradient_error": quantiles([float((a - b).norm() / b.norm()) for a, b in zip(g16, g32)]),
            "relative_loss_difference": quantiles([float((a - b).abs() / b) for a, b in zip(l16, l32)]),
            **greedy_figures(agents, states), "seconds": time.perf_counter() - start}

@@ -109,18 +109,15 @@ def trained_learner(path: Path, updates: int, play_steps: int) -> dict:
     import torch
 
     from agents.build import make_agent, played_replay
-    from agents.policy import is_policy
+    from agents.policy import load_training_checkpoint
     from envs import make_env
     from rl import checkpoint as ckpt
     from rl import numerics
 
     try:
-        payload = ckpt.load(path)
+        payload = load_training_checkpoint(path, use="have its learner measured")
     except ckpt.CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    if is_policy(payload):
-        raise ConfigError(f"--checkpoint {str(path)!r} is a weights-only policy file (rl-export): it holds no "
-                          f"optimizer state; give a training checkpoint (RUN/checkpoints/latest.pt)")
     cfg = from_dict(TrainConfig, payload["config"])
     cfg = dataclasses.replace(cfg, device="cpu")
     torch.set_num_threads(1)
