@@ -4,7 +4,7 @@ replay server, learner and actors, evaluation and rl-bench all build theirs here
 on a rule, a stack size or how a network is made."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

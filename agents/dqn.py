@@ -15,7 +15,8 @@ What callers use, so that none reaches into the networks or the RNG: ``act`` / `
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,7 +159,7 @@ class DQNAgent:
     def load_exploration_state(self, state: dict[str, Any]) -> None:
         self._policy.rng.bit_generator.state = state
 
-    def eval(self) -> "DQNAgent":
+    def eval(self) -> DQNAgent:
         """Evaluation mode: noisy layers use their mean weights."""
         self.q.eval()
         return self

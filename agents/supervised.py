@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(tuple(stat_shape)))
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor) -> "Standardize":
+    def fit(self, x: torch.Tensor) -> Standardize:
         """Set the statistics from ``x`` [N, *feature_shape], reducing over the axes the stats broadcast on."""
         aligned = (1,) * (x.dim() - self.mean.dim()) + tuple(self.mean.shape)
         dims = [i for i, size in enumerate(aligned) if size == 1]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import socket
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 

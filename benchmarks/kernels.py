@@ -20,7 +20,7 @@ import copy
 import statistics
 import time
 from argparse import ArgumentParser
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

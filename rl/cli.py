@@ -7,9 +7,10 @@ import difflib
 import importlib.util
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import tomllib
 

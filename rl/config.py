@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import tomllib
 

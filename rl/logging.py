@@ -12,8 +12,9 @@ import socket
 import time
 import warnings
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm

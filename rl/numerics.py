@@ -10,7 +10,7 @@ that small moves its weight by nothing Adam's ``eps`` lets through.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -9,8 +9,9 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import field, fields
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,7 @@ import numpy as np
 from rl.checkpoint import CheckpointError
 from rl.config import ConfigError, TrainConfig
 
-__all__ = ["ConfigError", "CheckpointError", "Policy", "TrainingRun", "evaluate", "load_policy", "train"]
+__all__ = ["CheckpointError", "ConfigError", "Policy", "TrainingRun", "evaluate", "load_policy", "train"]
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rl import stats
 from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, run_cli

@@ -12,8 +12,8 @@ the checkpoint it came from; rl-train cannot resume it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError

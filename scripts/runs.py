@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rl.cli import ArgumentParser, run_cli
 from rl.config import ConfigError, load_toml

@@ -27,8 +27,9 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rl import stats
 from rl.cli import ArgumentParser, add_config_flags, overrides_from_args, parse_cli_value, run_cli

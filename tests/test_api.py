@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def readme_examples() -> list[str]:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Python API")[1].split("\n## ")[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
 def test_readme_examples_run_as_written(tmp_path, monkeypatch):

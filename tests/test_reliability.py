@@ -9,12 +9,12 @@ import struct
 import subprocess
 import sys
 import time
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
