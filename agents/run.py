@@ -317,6 +317,9 @@ class Run:
             results = played(video=video, video_episodes=1)
             results["step"] = self.step
             results["wall_time"] = wall_time
+            if self.recent_returns:     # the training return by then: the record alone then carries the curve
+                games = np.array(self.recent_returns)
+                results["train"] = {"mean": float(games.mean()), "std": float(games.std()), "games": int(games.size)}
             if cfg.eval_ema > 0 and cfg.eval_online:      # the same seeds (env, exploration) by the online weights
                 online = played(online=True)
                 results["online"] = {k: online[k] for k in ONLINE_FIGURES if k in online}

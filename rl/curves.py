@@ -109,9 +109,24 @@ def training_return_at(game_steps: np.ndarray, returns: np.ndarray, steps: np.nd
     return mean, sd, np.array([w.size for w in windows], np.int64)
 
 
+def _training_returns(run_dir: Path, evals: Sequence[Mapping[str, Any]],
+                      step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training return at each evaluation: the one its record carries (rl-train writes it with each
+    evaluation, so a copy of ``evaluations.jsonl`` alone keeps it), else from the run's TensorBoard files."""
+    if all("train" in r for r in evals):
+        return (np.array([float(r["train"]["mean"]) for r in evals]),
+                np.array([float(r["train"]["std"]) for r in evals]),
+                np.array([int(r["train"]["games"]) for r in evals], np.int64))
+    mean, sd, games = training_return_at(*read_training_returns(run_dir), step)
+    for i, record in enumerate(evals):
+        if "train" in record:
+            mean[i], sd[i], games[i] = record["train"]["mean"], record["train"]["std"], record["train"]["games"]
+    return mean, sd, games
+
+
 def read_curve(run_dir: Path, evals: Sequence[Mapping[str, Any]] | None = None) -> RunCurve:
     """The evaluations of the run in ``run_dir`` (empty arrays when it has none yet), each with the run's
-    training return by then, from its TensorBoard files. ``evals``: its evaluation records where the caller
+    training return by then. ``evals``: its evaluation records where the caller
     has read them already (a running run may append one between two reads)."""
     config = _normalized(load_toml(run_dir / "config.toml"))
     try:
@@ -124,7 +139,7 @@ def read_curve(run_dir: Path, evals: Sequence[Mapping[str, Any]] | None = None) 
         return np.array([float(r.get(key, missing)) for r in evals])
 
     step = column("step")
-    train_return, train_sd, train_games = training_return_at(*read_training_returns(run_dir), step)
+    train_return, train_sd, train_games = _training_returns(run_dir, evals, step)
     averaged = np.array([str(r.get("weights", "online")).startswith("average") for r in evals], bool)
     online = np.array([float(r["online"]["mean"]) if "online" in r else math.nan for r in evals])
     return RunCurve(path=run_dir, preset=preset, config=config, step=step, mean=column("mean"),

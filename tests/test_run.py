@@ -68,6 +68,37 @@ def test_the_tail_logs_evaluates_checkpoints_and_stops_in_that_order(tmp_path):
     assert (meta["step"], meta["episodes"], meta["owner"]) == (450, 1, [1, 2])
 
 
+def test_each_evaluation_records_the_training_return_rl_runs_reads_from_tensorboard(tmp_path):
+    """An evaluation's record carries the training return by its step (the last RECENT_GAMES games, as rl-runs
+    computes it from TensorBoard), so a copy of evaluations.jsonl alone, without the run's TensorBoard files,
+    still gives every figure of the learning curve."""
+    from rl import curves
+    from rl.logging import RECENT_GAMES, read_training_returns
+
+    run = new_run(tmp_path, log_every=0, eval_every=400, checkpoint_every=0, eval_episodes=1, target_return=0.0)
+
+    def body(loop):
+        status = None
+        while status is None:       # a game ends every 2 steps, scoring its step: 150 games by step 300
+            loop.record(2, [(float(run.step + 2), 2)] if run.step < 300 else [])
+            status = loop.end_of_step(lambda: None)
+        return status
+
+    assert run.train(body, stop_at=800, example_obs=np.zeros((1, 4), np.float32)) == "stopped"
+    records = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    last = np.arange(2, 301, 2.0)[-RECENT_GAMES:]          # the last 100 games, at steps 102..300
+    assert [r["step"] for r in records] == [400, 800]
+    assert all(r["train"] == {"mean": last.mean(), "std": last.std(), "games": RECENT_GAMES} for r in records)
+    mean, sd, games = curves.training_return_at(*read_training_returns(tmp_path), np.array([400, 800]))
+    assert mean.tolist() == [last.mean()] * 2 and games.tolist() == [RECENT_GAMES] * 2
+    assert sd == pytest.approx([last.std()] * 2)
+    for events in tmp_path.glob("events.out.tfevents.*"):
+        events.unlink()
+    copied = curves.read_curve(tmp_path)
+    assert copied.train_return.tolist() == mean.tolist() and copied.train_games.tolist() == games.tolist()
+    assert copied.train_sd.tolist() == [r["train"]["std"] for r in records]
+
+
 def test_a_running_run_keeps_run_json_current(tmp_path, monkeypatch):
     """Heartbeats at log time bring run.json's step, wall time and speed up to date while the loop runs, and it
     names the step of the last checkpoint, where a resume would continue."""
