@@ -114,13 +114,13 @@ def _training_returns(run_dir: Path, evals: Sequence[Mapping[str, Any]],
     """The training return at each evaluation: the one its record carries (rl-train writes it with each
     evaluation, so a copy of ``evaluations.jsonl`` alone keeps it), else from the run's TensorBoard files."""
     if all("train" in r for r in evals):
-        return (np.array([float(r["train"]["mean"]) for r in evals]),
-                np.array([float(r["train"]["std"]) for r in evals]),
-                np.array([int(r["train"]["games"]) for r in evals], np.int64))
-    mean, sd, games = training_return_at(*read_training_returns(run_dir), step)
+        played = np.zeros(0, np.int64), np.zeros(0)       # no need to read the TensorBoard files
+    else:
+        played = read_training_returns(run_dir)
+    mean, sd, games = training_return_at(*played, step)
     for i, record in enumerate(evals):
         if "train" in record:
-            mean[i], sd[i], games[i] = record["train"]["mean"], record["train"]["std"], record["train"]["games"]
+            mean[i], sd[i], games[i] = (record["train"][k] for k in ("mean", "std", "games"))
     return mean, sd, games
 
 

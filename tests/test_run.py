@@ -92,6 +92,11 @@ def test_each_evaluation_records_the_training_return_rl_runs_reads_from_tensorbo
     mean, sd, games = curves.training_return_at(*read_training_returns(tmp_path), np.array([400, 800]))
     assert mean.tolist() == [last.mean()] * 2 and games.tolist() == [RECENT_GAMES] * 2
     assert sd == pytest.approx([last.std()] * 2)
+    older = {k: v for k, v in records[0].items() if k != "train"}       # written before records carried it
+    (tmp_path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (older, records[1])))
+    mixed = curves.read_curve(tmp_path)                                 # the first from TensorBoard
+    assert mixed.train_return.tolist() == mean.tolist() and mixed.train_games.tolist() == games.tolist()
+    (tmp_path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     for events in tmp_path.glob("events.out.tfevents.*"):
         events.unlink()
     copied = curves.read_curve(tmp_path)
