@@ -208,14 +208,22 @@ class Run:
                 **process_identity()}               # lets rl-runs tell a dead "running" run from a live one
         if status == "running" and self.sps is not None:
             info["sps"] = round(self.sps, 1)
-        if self.recent_returns:     # the training games' own score, as SB3 logs ep_rew_mean
-            info["train_return"] = round(float(np.mean(self.recent_returns)), 2)
-            info["train_games"] = len(self.recent_returns)
+        if (train := self.training_return()) is not None:
+            info["train_return"] = round(train["mean"], 2)
+            info["train_games"] = train["games"]
         try:
             ckpt.atomic_write(self.run_dir / "run.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
         except OSError as exc:
             raise RunDirError(f"cannot write {self.run_dir / 'run.json'}: {exc.strerror or exc}; "
                               f"earlier checkpoints are intact") from None
+
+    def training_return(self) -> dict[str, Any] | None:
+        """The training games' own score over the last ``RECENT_GAMES`` (mean, std over games, games), as SB3
+        logs ep_rew_mean; None before the first game ends."""
+        if not self.recent_returns:
+            return None
+        games = np.array(self.recent_returns)
+        return {"mean": float(games.mean()), "std": float(games.std()), "games": int(games.size)}
 
     def tick(self) -> None:
         """Bring wall_time up to now while train() runs, so checkpoints and evaluations record the seconds
@@ -317,9 +325,8 @@ class Run:
             results = played(video=video, video_episodes=1)
             results["step"] = self.step
             results["wall_time"] = wall_time
-            if self.recent_returns:     # the training return by then: the record alone then carries the curve
-                games = np.array(self.recent_returns)
-                results["train"] = {"mean": float(games.mean()), "std": float(games.std()), "games": int(games.size)}
+            if (train := self.training_return()) is not None:   # the record alone then carries the curve
+                results["train"] = train
             if cfg.eval_ema > 0 and cfg.eval_online:      # the same seeds (env, exploration) by the online weights
                 online = played(online=True)
                 results["online"] = {k: online[k] for k in ONLINE_FIGURES if k in online}

@@ -126,8 +126,8 @@ def _training_returns(run_dir: Path, evals: Sequence[Mapping[str, Any]],
 
 def read_curve(run_dir: Path, evals: Sequence[Mapping[str, Any]] | None = None) -> RunCurve:
     """The evaluations of the run in ``run_dir`` (empty arrays when it has none yet), each with the run's
-    training return by then. ``evals``: its evaluation records where the caller
-    has read them already (a running run may append one between two reads)."""
+    training return by then. ``evals``: its evaluation records where the caller has read them already (a
+    running run may append one between two reads)."""
     config = _normalized(load_toml(run_dir / "config.toml"))
     try:
         preset = json.loads((run_dir / "run.json").read_text()).get("preset")
