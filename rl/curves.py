@@ -204,6 +204,21 @@ def image_formats() -> set[str]:
     return set(FigureCanvasAgg(Figure()).get_supported_filetypes())
 
 
+def caption(groups: Sequence[GroupCurve]) -> str:
+    """What the marks of :func:`draw`'s figure mean, naming only those it draws: a group's training return is
+    drawn where all its runs have one by the shared steps, the hollow and dotted marks where a run kept a weight
+    average."""
+    parts = ["evaluation: mean over seeds, band min-max over seeds (sd over games for a single run)"]
+    if any(not np.isnan(g.train_return).all() for g in groups):
+        parts.append(f"dashed: training return, mean of the last {RECENT_GAMES} training games (exploring), mean "
+                     f"over seeds")
+    if any(g.averaged.any() for g in groups):
+        parts.append("hollow: evaluations of the weight average (eval_ema)")
+    if any(not np.isnan(g.online).all() for g in groups):
+        parts.append("dotted x: the online weights on the same seeds")
+    return "; ".join(parts)
+
+
 def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     """Two panels, evaluation return against agent steps and against training wall time (hours), one
     colour per group, with the group's training return dashed in the same colour where its runs logged one
@@ -247,11 +262,6 @@ def draw(groups: Sequence[GroupCurve], path: Path) -> None:
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
-    hollow = "; hollow: evaluations of the weight average (eval_ema)" if any(g.averaged.any() for g in groups) else ""
-    if any(not np.isnan(g.online).all() for g in groups):
-        hollow += "; dotted x: the online weights on the same seeds"
-    title = (f"evaluation: mean over seeds, band min-max over seeds (sd over games for a single run); dashed: "
-             f"training return, mean of the last {RECENT_GAMES} training games (exploring), mean over seeds{hollow}")
-    fig.suptitle(textwrap.fill(title, width=150), fontsize="medium")      # the figure is 13 inches wide
+    fig.suptitle(textwrap.fill(caption(groups), width=150), fontsize="medium")      # the figure is 13 inches wide
     fmt = path.suffix.lstrip(".").lower()
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))

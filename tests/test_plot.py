@@ -194,6 +194,16 @@ def test_seeds_training_returns_are_averaged_and_listed_beside_each_evaluation(t
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_caption_names_only_the_marks_drawn(tmp_path):
+    """A run without training games has no dashed line, so the caption must not explain one."""
+    plain = curves.group_runs([curves.read_curve(make_run(tmp_path / "plain", [(100, 10.0, 1.0, 60.0)]))])
+    played = curves.group_runs([curves.read_curve(make_run(tmp_path / "played", [(100, 10.0, 1.0, 60.0)],
+                                                           games=[(50, 4.0)]))])
+    assert curves.caption(plain).startswith("evaluation: mean over seeds")
+    assert not any(mark in curves.caption(plain) for mark in ("dashed", "hollow", "dotted"))
+    assert "dashed: training return" in curves.caption(played)
+
+
 def test_evals_refuses_paths_without_runs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     err = one_line_error(capsys, ["--evals", str(tmp_path / "empty")])
